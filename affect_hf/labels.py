@@ -1,0 +1,44 @@
+"""The label spaces in one place: names, orders, missing codes and the mappings between orders."""
+
+from modeling.affect_labels import (
+    ABAW_EXPRESSIONS,
+    ACTION_UNITS,
+    AFFECTNET_EXPRESSIONS,
+    LSD_EXPRESSIONS,
+    MISSING_ACTION_UNIT,
+    MISSING_EXPRESSION,
+    MISSING_VALENCE_AROUSAL,
+)
+
+# Folder names of the released LSD training set; the anger folder ships misspelled.
+LSD_FOLDER_ALIASES = {"ANGRER": "Anger"}
+
+# AffectNet index -> ABAW index (Happy -> Happiness, ..., Contempt -> Other).
+_AFFECTNET_TO_ABAW_NAME = {
+    "Neutral": "Neutral",
+    "Happy": "Happiness",
+    "Sad": "Sadness",
+    "Surprise": "Surprise",
+    "Fear": "Fear",
+    "Disgust": "Disgust",
+    "Anger": "Anger",
+    "Contempt": "Other",
+}
+AFFECTNET_TO_ABAW = tuple(ABAW_EXPRESSIONS.index(_AFFECTNET_TO_ABAW_NAME[name]) for name in AFFECTNET_EXPRESSIONS)
+
+NUM_EXPRESSIONS = len(ABAW_EXPRESSIONS)
+NUM_ACTION_UNITS = len(ACTION_UNITS)
+
+__all__ = [
+    "ABAW_EXPRESSIONS",
+    "ACTION_UNITS",
+    "AFFECTNET_EXPRESSIONS",
+    "AFFECTNET_TO_ABAW",
+    "LSD_EXPRESSIONS",
+    "LSD_FOLDER_ALIASES",
+    "MISSING_ACTION_UNIT",
+    "MISSING_EXPRESSION",
+    "MISSING_VALENCE_AROUSAL",
+    "NUM_ACTION_UNITS",
+    "NUM_EXPRESSIONS",
+]
