@@ -1,0 +1,128 @@
+"""Hub-ready model folders: weights, code, image processor and a rendered card, written atomically; pushing."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import PreTrainedModel, ViTImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+from model_cards import EMMA_TEMPLATE
+
+# The eval transform and the saved processor must resize alike.
+RESAMPLING = PILImageResampling.BILINEAR
+
+
+def build_image_processor(image_size: int) -> ViTImageProcessor:
+    """The processor saved with every model: resize to the training size, ImageNet mean/std (not ViT's 0.5)."""
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=RESAMPLING,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
+
+
+def render_model_card(
+    model: PreTrainedModel,
+    scores: dict[str, float] | None = None,
+    training_arguments: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    dataset_name: str = "ABAW4 MTL (s-Aff-Wild2) format",
+    data_dir: str = "",
+    data_note: str = "",
+) -> ModelCard:
+    """A card with a valid `model-index` (the ABAW scores) and the training arguments."""
+    scores = {name: float(value) for name, value in (scores or {}).items()}
+    repo_id = repo_id or "path/to/this/folder"
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type="abaw-mtl",
+            dataset_name=dataset_name,
+            dataset_split="validation",
+            metric_type=name,
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in scores.items()
+        if name.startswith("P_") or name.startswith("ccc_")
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["affect", "facial-expression", "action-units", "valence-arousal", "abaw", "vit-mae", "custom_code"],
+        license="apache-2.0",
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+    )
+    arguments_block = "```json\n" + json.dumps(training_arguments or {}, indent=2, sort_keys=True, default=str) + "\n```"
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(EMMA_TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        image_size=model.config.image_size,
+        scores=scores,
+        data_dir=data_dir,
+        data_note=data_note,
+        training_arguments=arguments_block,
+    )
+
+
+def replace_directory(source: Path, destination: Path) -> None:
+    """Move a finished folder into place so that readers see the old folder or the new one, never a mix."""
+    destination = Path(destination)
+    retired = None
+    if destination.exists():
+        retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        os.replace(destination, retired)
+    os.replace(source, destination)
+    if retired is not None:
+        shutil.rmtree(retired)
+
+
+def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, card: ModelCard | None = None) -> Path:
+    """Write weights, config, code files, `preprocessor_config.json` and README.md atomically."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        build_image_processor(model.config.image_size).save_pretrained(staging)
+        (card or render_model_card(model)).save(staging / "README.md")
+        replace_directory(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload EMMA model",
+) -> str:
+    """Upload every file of a saved folder in one commit; returns the commit URL.
+
+    `model.push_to_hub` would upload neither the image processor nor our card.
+    """
+    folder = Path(folder)
+    operations = [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    ]
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
+    return commit.commit_url

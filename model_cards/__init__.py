@@ -1,0 +1,6 @@
+"""Model card templates, rendered by `affect_hf.hub` when a model folder is saved or pushed."""
+
+from pathlib import Path
+
+TEMPLATES_DIR = Path(__file__).parent
+EMMA_TEMPLATE = TEMPLATES_DIR / "emma.md"

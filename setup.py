@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="affect-hf",
+    version="0.1.0",
+    description="Facial affect analysis (valence/arousal, expressions, action units) on the Hugging Face stack",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["affect_hf", "affect_hf.*", "modeling", "model_cards"]),
+    package_data={"model_cards": ["*.md"], "affect_hf.metrics": ["abaw_mtl/*.py"]},
+    install_requires=[
+        # torch: install the build for your machine first (see README); any 2.4+ works.
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "evaluate>=0.4.3",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8.0", "scikit-learn>=1.3", "tensorboard>=2.14"],
+    },
+    entry_points={"console_scripts": ["affect-hf=affect_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

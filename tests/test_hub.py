@@ -1,0 +1,149 @@
+"""Hub-ready folders: contents, card, remote-code loading in a process without this package, pushing."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import CommitInfo, HfApi
+from PIL import Image
+from transformers import pipeline
+
+from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
+from modeling import EmmaForAffectAnalysis
+from tests.test_modeling import IMAGE_SIZE, tiny_emma_config
+
+# Runs in a fresh interpreter where neither this package nor its model code can be imported.
+REMOTE_LOADER = textwrap.dedent(
+    """
+    import sys
+
+    class BlockProject:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("affect_hf", "modeling", "model_cards"):
+                raise ImportError(f"blocked: {name}")
+            return None
+
+    sys.meta_path.insert(0, BlockProject())
+
+    import torch
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+    folder, inputs_path, image_path, output_path = sys.argv[1:5]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    classifier_model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+    assert type(classifier_model).__name__ == "EmmaForAffectAnalysis"
+    with torch.no_grad():
+        outputs = model(torch.load(inputs_path))
+    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+    torch.save(
+        {
+            "logits": outputs.logits,
+            "valence_arousal": outputs.valence_arousal,
+            "au_logits": outputs.au_logits,
+            "pipeline": classifier(image_path, top_k=8),
+        },
+        output_path,
+    )
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory) -> tuple[EmmaForAffectAnalysis, Path]:
+    torch.manual_seed(0)
+    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
+    card = render_model_card(model, scores={"P_MTL": 1.25, "P_VA": 0.4, "f1_AU1": 0.3}, training_arguments={"seed": 0})
+    folder = save_model_folder(model, tmp_path_factory.mktemp("hub") / "emma", card)
+    return model, folder
+
+
+def test_folder_holds_weights_code_processor_and_card(saved_folder):
+    model, folder = saved_folder
+    names = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
+    assert {"modeling_emma.py", "configuration_emma.py", "modeling_vit_backbone.py", "modeling_dan.py"} <= names
+    assert not [name for name in os.listdir(folder.parent) if name.startswith(".")], "staging folder left behind"
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert processor["image_std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert processor["size"] == {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+
+    card = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"P_MTL": 1.25, "P_VA": 0.4}
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert "| f1_AU1 | 0.3000 |" in card and '"seed": 0' in card
+
+
+def test_saving_again_replaces_the_folder_whole(saved_folder, tmp_path):
+    model, _ = saved_folder
+    target = tmp_path / "model"
+    save_model_folder(model, target)
+    (target / "stale.txt").write_text("from an older save")
+    save_model_folder(model, target)
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").is_file()
+
+
+def test_fresh_process_without_the_package_loads_folder_and_pipeline(saved_folder, tmp_path):
+    model, folder = saved_folder
+    pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.save(pixel_values, tmp_path / "inputs.pt")
+    image_path = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image_path)
+    (tmp_path / "load.py").write_text(REMOTE_LOADER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "load.py", str(folder), "inputs.pt", str(image_path), "outputs.pt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        local = model(pixel_values)
+    for name in ("logits", "valence_arousal", "au_logits"):
+        assert torch.equal(remote[name], getattr(local, name)), name
+    local_pipeline = pipeline("image-classification", model=str(folder))(str(image_path), top_k=8)
+    assert remote["pipeline"] == local_pipeline
+    assert {entry["label"] for entry in local_pipeline} == set(model.config.id2label.values())
+
+
+def test_pipeline_uses_the_saved_preprocessing(saved_folder, tmp_path):
+    """The pipeline's scores equal the model's softmax on the processor's output."""
+    model, folder = saved_folder
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 60, 3), dtype=np.uint8))
+    predictions = pipeline("image-classification", model=str(folder))(image, top_k=8)
+    pixel_values = build_image_processor(IMAGE_SIZE)(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probabilities = model(pixel_values).logits.softmax(-1)[0]
+    by_label = {entry["label"]: entry["score"] for entry in predictions}
+    for index, label in model.config.id2label.items():
+        assert by_label[label] == pytest.approx(probabilities[int(index)].item(), abs=1e-5)
+
+
+def test_push_uploads_the_whole_folder(saved_folder):
+    _, folder = saved_folder
+    commit = CommitInfo(commit_url="https://huggingface.co/user/emma-test/commit/1", commit_message="m", commit_description="", oid="1")
+    with mock.patch.object(HfApi, "create_repo") as create_repo, mock.patch.object(
+        HfApi, "create_commit", return_value=commit
+    ) as create_commit:
+        url = push_folder_to_hub(folder, "user/emma-test", private=True, commit_message="Upload EMMA")
+    assert url == "https://huggingface.co/user/emma-test/commit/1"
+    create_repo.assert_called_once()
+    assert create_repo.call_args.args[0] == "user/emma-test" and create_repo.call_args.kwargs["private"] is True
+    kwargs = create_commit.call_args.kwargs
+    assert kwargs["repo_id"] == "user/emma-test" and kwargs["commit_message"] == "Upload EMMA"
+    uploaded = {operation.path_in_repo for operation in kwargs["operations"]}
+    assert uploaded == {path.name for path in folder.iterdir()}
