@@ -159,7 +159,8 @@ def train(args: TrainArguments) -> dict:
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
 
     model = build_model(args)
     image_size = model.config.image_size
