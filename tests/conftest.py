@@ -20,3 +20,12 @@ def synthetic_abaw_root(tmp_path_factory) -> Path:
         missing_label_rate=0.2,
         seed=0,
     )
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state; each test's `train` call may ask for another precision."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -175,15 +175,22 @@ def train(args: TrainArguments) -> dict:
 
     train_dataset = AbawMtlTorchDataset(train_split, image_size=image_size, train=True, seed=args.seed)
     eval_dataset = AbawMtlTorchDataset(eval_split, image_size=image_size, train=False, seed=args.seed)
+    # Each loader draws its workers' base seed from its own generator, not from the global RNG: otherwise
+    # re-creating the loader on resume would shift the random stream that dropout and drop path use.
     train_dataloader = DataLoader(
         train_dataset,
         batch_size=args.per_device_train_batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = DataLoader(
-        eval_dataset, batch_size=args.per_device_eval_batch_size, shuffle=False, num_workers=args.num_workers
+        eval_dataset,
+        batch_size=args.per_device_eval_batch_size,
+        shuffle=False,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
         raise ValueError(

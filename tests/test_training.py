@@ -1,0 +1,174 @@
+"""The training loop: parameter groups, arguments, a real run on synthetic data, exact resume, pushing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import CommitInfo, HfApi
+from safetensors.torch import load_file
+
+from affect_hf.training import TrainArguments, layer_decay_parameter_groups, parse_train_arguments, train
+from affect_hf.training.loop import au_pos_weight_from_labels, find_latest_state
+from modeling import EmmaForAffectAnalysis
+from tests.test_modeling import tiny_emma_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_run_arguments(data_dir: Path, output_dir: Path, **overrides) -> TrainArguments:
+    fields = dict(
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        model_config="tiny",
+        num_train_epochs=2,
+        warmup_epochs=0.5,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=32,
+        base_learning_rate=5e-3,
+        mixed_precision="no",
+        num_workers=0,
+        report_to="none",
+        seed=0,
+    )
+    fields.update(overrides)
+    return TrainArguments(**fields)
+
+
+def test_layer_decay_groups_scale_learning_rates_by_depth():
+    model = EmmaForAffectAnalysis(tiny_emma_config())
+    groups = layer_decay_parameter_groups(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5, num_layers=2)
+    by_name = {name: group for group in groups for name in group["names"]}
+    assert by_name["vit.embeddings.patch_embeddings.projection.weight"]["lr"] == pytest.approx(0.125)
+    assert by_name["vit.layers.0.attention.q_proj.weight"]["lr"] == pytest.approx(0.25)
+    assert by_name["vit.layers.1.mlp.fc1.weight"]["lr"] == pytest.approx(0.5)
+    assert by_name["head.0.weight"]["lr"] == pytest.approx(1.0) and by_name["va_head.2.weight"]["lr"] == 1.0
+    assert by_name["head.0.weight"]["weight_decay"] == 0.05
+    for no_decay in ("head.0.bias", "vit.embeddings.cls_token", "vit.layers.0.layernorm_before.weight"):
+        assert by_name[no_decay]["weight_decay"] == 0.0
+    assert not any(name.startswith("cnn.") for name in by_name), "the frozen CNN must not be optimised"
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert set(by_name) == trainable
+
+
+def test_au_pos_weight_counts_only_valid_labels():
+    labels = np.array([[1, 0, -1], [0, 0, -1], [0, -1, 1], [-1, -1, 1]])
+    assert au_pos_weight_from_labels(labels) == [2.0, 1.0, 1.0]
+
+
+def test_arguments_from_flags_and_yaml(tmp_path):
+    args = parse_train_arguments(["--data_dir", "d", "--model_config", "tiny", "--max_steps", "7", "--layer_decay", "0.5"])
+    assert (args.data_dir, args.model_config, args.max_steps, args.layer_decay) == ("d", "tiny", 7, 0.5)
+    assert args.base_learning_rate == 5e-4 and args.num_train_epochs == 30 and args.drop_path_rate == 0.1
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("data_dir: d\nmin_learning_rate: 2.0e-6\nmixed_precision: fp16\n")
+    args = parse_train_arguments([str(config_file)])
+    assert args.min_learning_rate == 2e-6 and isinstance(args.min_learning_rate, float)
+    assert args.mixed_precision == "fp16"
+    with pytest.raises(ValueError, match="hub_model_id"):
+        parse_train_arguments(["--data_dir", "d", "--push_to_hub"])
+    with pytest.raises(SystemExit):
+        parse_train_arguments(["--data_dir", "d", "--mixed_precision", "fp8"])
+
+
+def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path):
+    args = tiny_run_arguments(
+        synthetic_abaw_root, tmp_path / "run", eval_on_start=True, save_total_limit=1, mixed_precision="bf16",
+        push_to_hub=True, hub_model_id="user/emma-tiny",
+    )
+    commit = CommitInfo(commit_url="https://huggingface.co/user/emma-tiny/commit/1", commit_message="m",
+                        commit_description="", oid="1")
+    with mock.patch.object(HfApi, "create_repo"), mock.patch.object(HfApi, "create_commit", return_value=commit) as push:
+        state = train(args)
+
+    history = state["history"]
+    assert [entry["epoch"] for entry in history] == [-1, 0, 1]
+    assert state["global_step"] == 2 * (96 // 8)
+    best = max(history[1:], key=lambda entry: entry["P_MTL"])
+    assert state["best_scores"]["P_MTL"] == best["P_MTL"]
+    for name in ("P_VA", "P_EXPR", "P_AU", "P_MTL", "P_MTL_fitted_thresholds"):
+        assert np.isfinite(best[name])
+
+    best_dir = tmp_path / "run" / "best_model"
+    config = json.loads((best_dir / "config.json").read_text())
+    expected_pos_weight = au_pos_weight_from_labels(
+        np.array([[int(v) for v in line.split(",")[4:]] for line in
+                  (synthetic_abaw_root / "training_set_annotations.txt").read_text().splitlines()[1:] if line])
+    )
+    assert config["au_pos_weight"] == pytest.approx(expected_pos_weight)
+    assert f"| P_MTL | {best['P_MTL']:.4f} |" in (best_dir / "README.md").read_text()
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1, "save_total_limit=1"
+    uploaded = {operation.path_in_repo for operation in push.call_args.kwargs["operations"]}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= uploaded
+    assert push.call_args.kwargs["repo_id"] == "user/emma-tiny"
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early:\n{process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_root, tmp_path, num_workers):
+    """Kill -9 mid-epoch, resume with `latest`: the final weights equal an uninterrupted run's, bit for bit.
+
+    Drop path is on, so this also checks that the random stream resumes where it stopped.
+    """
+    common = dict(
+        per_device_train_batch_size=4, max_steps=30, save_steps=5, save_total_limit=2, drop_path_rate=0.2, num_workers=num_workers,
+        warmup_epochs=0.25,
+    )
+    uninterrupted = tiny_run_arguments(synthetic_abaw_root, tmp_path / "uninterrupted", **common)
+    train(uninterrupted)
+
+    crashed_dir = tmp_path / "crashed"
+    flags = [
+        "--data_dir", str(synthetic_abaw_root), "--output_dir", str(crashed_dir), "--model_config", "tiny",
+        "--num_train_epochs", "2", "--warmup_epochs", "0.25", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "32", "--base_learning_rate", "5e-3", "--mixed_precision", "no",
+        "--num_workers", str(num_workers), "--report_to", "none", "--seed", "0", "--max_steps", "30", "--save_steps", "5",
+        "--save_total_limit", "2", "--drop_path_rate", "0.2",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(crashed_dir / "checkpoints" / "step_00000005", process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    latest = find_latest_state(crashed_dir)
+    trainer_state = json.loads((latest / "trainer_state.json").read_text())
+    assert trainer_state["epoch"] == 0 and 0 < trainer_state["batches_in_epoch"] < 96 // 4, "not killed mid-epoch"
+
+    resumed = parse_train_arguments([*flags, "--resume_from_checkpoint", "latest"])
+    state = train(resumed)
+    assert state["global_step"] == 30
+
+    final = "checkpoints/step_00000030/model.safetensors"
+    expected = load_file(tmp_path / "uninterrupted" / final)
+    actual = load_file(crashed_dir / final)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert (crashed_dir / "best_model" / "model.safetensors").is_file()
+
+
+def test_resume_without_a_state_is_a_clear_error(synthetic_abaw_root, tmp_path):
+    args = tiny_run_arguments(synthetic_abaw_root, tmp_path / "empty", resume_from_checkpoint="latest")
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        train(args)
