@@ -297,7 +297,6 @@ def train(args: TrainArguments) -> dict:
         save_training_state(accelerator, output_dir, trainer_state, args.save_total_limit)
 
     progress.close()
-    accelerator.end_training()
     if accelerator.is_main_process:
         with open(output_dir / "training_history.json", "w", encoding="utf-8") as handle:
             json.dump(trainer_state, handle, indent=2)
@@ -308,6 +307,8 @@ def train(args: TrainArguments) -> dict:
             )
             logger.info("pushed %s", url)
     accelerator.wait_for_everyone()
+    # Last: in distributed runs this also tears down the process group.
+    accelerator.end_training()
     return trainer_state
 
 
