@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from modeling import DanConfig, DanForImageClassification, EmmaConfig, EmmaForAffectAnalysis, MaeViTModel
 
+
 __version__ = "0.1.0"
 
 for _config_class, _model_class in ((EmmaConfig, EmmaForAffectAnalysis), (DanConfig, DanForImageClassification)):

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+
 DEMO_SCORES = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
 
 
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         from .data import make_synthetic_abaw
 
         root = make_synthetic_abaw(
-            args.root, num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
+            args.root,
+            num_train=args.num_train,
+            num_validation=args.num_validation,
+            num_test=args.num_test,
             seed=args.seed,
         )
         print(root)

@@ -13,6 +13,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from model_cards import EMMA_TEMPLATE
 
+
 # The eval transform and the saved processor must resize alike.
 RESAMPLING = PILImageResampling.BILINEAR
 
@@ -63,7 +64,8 @@ def render_model_card(
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
-    arguments_block = "```json\n" + json.dumps(training_arguments or {}, indent=2, sort_keys=True, default=str) + "\n```"
+    arguments_json = json.dumps(training_arguments or {}, indent=2, sort_keys=True, default=str)
+    arguments_block = f"```json\n{arguments_json}\n```"
     return ModelCard.from_template(
         card_data,
         template_path=str(EMMA_TEMPLATE),

@@ -10,6 +10,7 @@ from modeling.affect_labels import (
     MISSING_VALENCE_AROUSAL,
 )
 
+
 # Folder names of the released LSD training set; the anger folder ships misspelled.
 LSD_FOLDER_ALIASES = {"ANGRER": "Anger"}
 

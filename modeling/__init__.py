@@ -6,6 +6,7 @@ from .modeling_dan import DanForImageClassification
 from .modeling_emma import EmmaForAffectAnalysis, EmmaOutput
 from .modeling_vit_backbone import MaeViTModel
 
+
 __all__ = [
     "DanConfig",
     "DanForImageClassification",

@@ -9,8 +9,18 @@ from .configuration_dan import DanConfig
 # Positive-class weights of the AU loss: negatives / positives per AU on the s-Aff-Wild2 training set, as
 # used by the paper's authors. Training recomputes them from the training split by default.
 S_AFF_WILD2_AU_POS_WEIGHT = (
-    7.1008924, 15.63964869, 5.47108051, 2.80360066, 1.5152332, 1.89083564,
-    3.04637044, 34.04600245, 32.47861156, 36.76637801, 0.58118674, 11.1586486,
+    7.1008924,
+    15.63964869,
+    5.47108051,
+    2.80360066,
+    1.5152332,
+    1.89083564,
+    3.04637044,
+    34.04600245,
+    32.47861156,
+    36.76637801,
+    0.58118674,
+    11.1586486,
 )
 
 

@@ -18,9 +18,7 @@ class DanSpatialAttention(nn.Module):
     def __init__(self, channels: int, reduced_channels: int):
         super().__init__()
         self.conv1x1 = nn.Sequential(nn.Conv2d(channels, reduced_channels, 1), nn.BatchNorm2d(reduced_channels))
-        self.conv_3x3 = nn.Sequential(
-            nn.Conv2d(reduced_channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
-        )
+        self.conv_3x3 = nn.Sequential(nn.Conv2d(reduced_channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
         self.conv_1x3 = nn.Sequential(
             nn.Conv2d(reduced_channels, channels, (1, 3), padding=(0, 1)), nn.BatchNorm2d(channels)
         )

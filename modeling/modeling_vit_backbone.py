@@ -24,7 +24,8 @@ POOLING_MODES = ("cls", "mean")
 # Read and write ViTMAE's on-disk weight names (transformers renames them in memory for its own ViTMAEModel): any
 # MAE checkpoint, of any transformers version, loads unchanged, and our saved ViT weights are ViTMAE's.
 register_checkpoint_conversion_mapping(
-    "MaeViTModel", get_checkpoint_conversion_mapping("ViTMAEModel") or get_checkpoint_conversion_mapping("ViTModel"),
+    "MaeViTModel",
+    get_checkpoint_conversion_mapping("ViTMAEModel") or get_checkpoint_conversion_mapping("ViTModel"),
     overwrite=True,
 )
 
@@ -58,7 +59,8 @@ class MaeViTLayer(ViTMAELayer):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        normed = self.layernorm_before(hidden_states)
+        attention_output, attention_weights = self.attention(normed, attention_mask, **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))

@@ -5,5 +5,6 @@ All options: `python scripts/train.py --help`; a YAML or JSON file of them may r
 
 from affect_hf.training import main
 
+
 if __name__ == "__main__":
     main()

@@ -52,8 +52,14 @@ def _read_column(dataset, column):
 
 def test_round_trip_matches_written_annotations(tmp_path):
     root = make_synthetic_abaw(
-        tmp_path, num_train=60, num_validation=20, num_test=10, image_size=32, frames_per_video=16,
-        missing_label_rate=0.3, missing_image_count=3,
+        tmp_path,
+        num_train=60,
+        num_validation=20,
+        num_test=10,
+        image_size=32,
+        frames_per_video=16,
+        missing_label_rate=0.3,
+        missing_image_count=3,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

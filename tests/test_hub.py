@@ -20,6 +20,7 @@ from affect_hf.hub import build_image_processor, push_folder_to_hub, render_mode
 from modeling import EmmaForAffectAnalysis
 from tests.test_modeling import IMAGE_SIZE, tiny_emma_config
 
+
 # Runs in a fresh interpreter where neither this package nor its model code can be imported.
 REMOTE_LOADER = textwrap.dedent(
     """
@@ -107,7 +108,11 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(saved_folde
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
         [sys.executable, "load.py", str(folder), "inputs.pt", str(image_path), "outputs.pt"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "outputs.pt")
@@ -135,10 +140,13 @@ def test_pipeline_uses_the_saved_preprocessing(saved_folder, tmp_path):
 
 def test_push_uploads_the_whole_folder(saved_folder):
     _, folder = saved_folder
-    commit = CommitInfo(commit_url="https://huggingface.co/user/emma-test/commit/1", commit_message="m", commit_description="", oid="1")
-    with mock.patch.object(HfApi, "create_repo") as create_repo, mock.patch.object(
-        HfApi, "create_commit", return_value=commit
-    ) as create_commit:
+    commit = CommitInfo(
+        commit_url="https://huggingface.co/user/emma-test/commit/1", commit_message="m", commit_description="", oid="1"
+    )
+    with (
+        mock.patch.object(HfApi, "create_repo") as create_repo,
+        mock.patch.object(HfApi, "create_commit", return_value=commit) as create_commit,
+    ):
         url = push_folder_to_hub(folder, "user/emma-test", private=True, commit_message="Upload EMMA")
     assert url == "https://huggingface.co/user/emma-test/commit/1"
     create_repo.assert_called_once()

@@ -9,10 +9,18 @@ from transformers import AutoConfig, AutoModel, ViTMAEConfig, ViTMAEForPreTraini
 import affect_hf  # noqa: F401  (registers the Auto classes)
 from modeling import DanConfig, DanForImageClassification, EmmaConfig, EmmaForAffectAnalysis, MaeViTModel
 
+
 IMAGE_SIZE = 32
 TINY_VIT = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=IMAGE_SIZE,
-    patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
     decoder_intermediate_size=32,
 )
 TINY_CNN = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], image_size=IMAGE_SIZE)

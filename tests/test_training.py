@@ -20,6 +20,7 @@ from affect_hf.training.loop import au_pos_weight_from_labels, find_latest_state
 from modeling import EmmaForAffectAnalysis
 from tests.test_modeling import tiny_emma_config
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +65,9 @@ def test_au_pos_weight_counts_only_valid_labels():
 
 
 def test_arguments_from_flags_and_yaml(tmp_path):
-    args = parse_train_arguments(["--data_dir", "d", "--model_config", "tiny", "--max_steps", "7", "--layer_decay", "0.5"])
+    args = parse_train_arguments(
+        ["--data_dir", "d", "--model_config", "tiny", "--max_steps", "7", "--layer_decay", "0.5"]
+    )
     assert (args.data_dir, args.model_config, args.max_steps, args.layer_decay) == ("d", "tiny", 7, 0.5)
     assert args.base_learning_rate == 5e-4 and args.num_train_epochs == 30 and args.drop_path_rate == 0.1
     config_file = tmp_path / "run.yaml"
@@ -80,12 +83,21 @@ def test_arguments_from_flags_and_yaml(tmp_path):
 
 def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path):
     args = tiny_run_arguments(
-        synthetic_abaw_root, tmp_path / "run", eval_on_start=True, save_total_limit=1, mixed_precision="bf16",
-        push_to_hub=True, hub_model_id="user/emma-tiny",
+        synthetic_abaw_root,
+        tmp_path / "run",
+        eval_on_start=True,
+        save_total_limit=1,
+        mixed_precision="bf16",
+        push_to_hub=True,
+        hub_model_id="user/emma-tiny",
     )
-    commit = CommitInfo(commit_url="https://huggingface.co/user/emma-tiny/commit/1", commit_message="m",
-                        commit_description="", oid="1")
-    with mock.patch.object(HfApi, "create_repo"), mock.patch.object(HfApi, "create_commit", return_value=commit) as push:
+    commit = CommitInfo(
+        commit_url="https://huggingface.co/user/emma-tiny/commit/1", commit_message="m", commit_description="", oid="1"
+    )
+    with (
+        mock.patch.object(HfApi, "create_repo"),
+        mock.patch.object(HfApi, "create_commit", return_value=commit) as push,
+    ):
         state = train(args)
 
     history = state["history"]
@@ -99,8 +111,13 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
     best_dir = tmp_path / "run" / "best_model"
     config = json.loads((best_dir / "config.json").read_text())
     expected_pos_weight = au_pos_weight_from_labels(
-        np.array([[int(v) for v in line.split(",")[4:]] for line in
-                  (synthetic_abaw_root / "training_set_annotations.txt").read_text().splitlines()[1:] if line])
+        np.array(
+            [
+                [int(v) for v in line.split(",")[4:]]
+                for line in (synthetic_abaw_root / "training_set_annotations.txt").read_text().splitlines()[1:]
+                if line
+            ]
+        )
     )
     assert config["au_pos_weight"] == pytest.approx(expected_pos_weight)
     assert f"| P_MTL | {best['P_MTL']:.4f} |" in (best_dir / "README.md").read_text()
@@ -127,7 +144,12 @@ def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_
     Drop path is on, so this also checks that the random stream resumes where it stopped.
     """
     common = dict(
-        per_device_train_batch_size=4, max_steps=30, save_steps=5, save_total_limit=2, drop_path_rate=0.2, num_workers=num_workers,
+        per_device_train_batch_size=4,
+        max_steps=30,
+        save_steps=5,
+        save_total_limit=2,
+        drop_path_rate=0.2,
+        num_workers=num_workers,
         warmup_epochs=0.25,
     )
     uninterrupted = tiny_run_arguments(synthetic_abaw_root, tmp_path / "uninterrupted", **common)
@@ -135,16 +157,46 @@ def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_
 
     crashed_dir = tmp_path / "crashed"
     flags = [
-        "--data_dir", str(synthetic_abaw_root), "--output_dir", str(crashed_dir), "--model_config", "tiny",
-        "--num_train_epochs", "2", "--warmup_epochs", "0.25", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "32", "--base_learning_rate", "5e-3", "--mixed_precision", "no",
-        "--num_workers", str(num_workers), "--report_to", "none", "--seed", "0", "--max_steps", "30", "--save_steps", "5",
-        "--save_total_limit", "2", "--drop_path_rate", "0.2",
+        "--data_dir",
+        str(synthetic_abaw_root),
+        "--output_dir",
+        str(crashed_dir),
+        "--model_config",
+        "tiny",
+        "--num_train_epochs",
+        "2",
+        "--warmup_epochs",
+        "0.25",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "32",
+        "--base_learning_rate",
+        "5e-3",
+        "--mixed_precision",
+        "no",
+        "--num_workers",
+        str(num_workers),
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--max_steps",
+        "30",
+        "--save_steps",
+        "5",
+        "--save_total_limit",
+        "2",
+        "--drop_path_rate",
+        "0.2",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(crashed_dir / "checkpoints" / "step_00000005", process)

@@ -94,7 +94,7 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
 
     present = _images_present(image_dir, names)
     if not present.all():
-        missing = [name for name, found in zip(names, present) if not found]
+        missing = [name for name, found in zip(names, present, strict=True) if not found]
         message = (
             f"Skipped {len(missing)} of {len(names)} frames listed in {annotation_path} with no image under "
             f"{image_dir} (e.g. {', '.join(missing[:_MISSING_EXAMPLES_SHOWN])})."
@@ -102,7 +102,7 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
         warnings.warn(message, stacklevel=2)
         if not present.any():
             raise ValueError(f"ABAW MTL {split} split is empty: none of its images exist under {image_dir}.")
-        names = [name for name, found in zip(names, present) if found]
+        names = [name for name, found in zip(names, present, strict=True) if found]
         valence_arousal, expression = valence_arousal[present], expression[present]
         action_units = action_units[present]
 

@@ -36,9 +36,7 @@ from .abaw_mtl import ABAW_MTL_ANNOTATION_FILES, ABAW_MTL_HEADER, ABAW_MTL_IMAGE
 
 
 # Expression -> background colour: the corners of the RGB cube, as far apart as 8 colours can be.
-EXPRESSION_COLORS = np.array(
-    [[r, g, b] for r in (40, 215) for g in (40, 215) for b in (40, 215)], dtype=np.float32
-)
+EXPRESSION_COLORS = np.array([[r, g, b] for r in (40, 215) for g in (40, 215) for b in (40, 215)], dtype=np.float32)
 # Facial-action co-occurrences (FACS prototypes), so the AUs correlate with the expression as in real data.
 _EXPRESSION_ACTION_UNITS = {
     "Anger": ("AU4", "AU7", "AU23", "AU24"),
@@ -113,7 +111,7 @@ def make_synthetic_abaw(
             lines = ["image"] + names
         else:
             labels = _annotation_fields(missing_labels, expression, valence_arousal, action_units)
-            lines = [ABAW_MTL_HEADER] + [f"{name},{row}" for name, row in zip(names, labels)]
+            lines = [ABAW_MTL_HEADER] + [f"{name},{row}" for name, row in zip(names, labels, strict=True)]
         _write_atomically(root / ABAW_MTL_ANNOTATION_FILES[split], "\n".join(lines) + "\n")
     return root
 

@@ -15,6 +15,7 @@ from .abaw import (
     va_score,
 )
 
+
 if TYPE_CHECKING:
     import evaluate
 

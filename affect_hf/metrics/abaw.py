@@ -26,6 +26,7 @@ from affect_hf.labels import (
 )
 from modeling.losses import concordance_correlation_coefficient
 
+
 ArrayLike = Union[np.ndarray, Sequence, torch.Tensor]
 Thresholds = Union[None, float, ArrayLike]
 
@@ -244,7 +245,7 @@ def abaw_mtl_score(
         "P_AU": p_au,
         "ccc_valence": valence,
         "ccc_arousal": arousal,
-        **{f"f1_{name}": float(value) for name, value in zip(ACTION_UNITS, au_f1)},
+        **{f"f1_{name}": float(value) for name, value in zip(ACTION_UNITS, au_f1, strict=True)},
         "num_samples_valence_arousal": num_va,
         "num_samples_expression": num_expression,
         "num_samples_action_units": num_au,

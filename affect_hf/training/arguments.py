@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+
 RECIPES = ("emma",)
 
 

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
+from modeling import EmmaForAffectAnalysis
+
 from ..data import AbawMtlTorchDataset, load_abaw_mtl
 from ..hub import push_folder_to_hub, render_model_card, replace_directory, save_model_folder
 from ..labels import MISSING_ACTION_UNIT
@@ -25,7 +26,7 @@ from ..metrics import abaw_mtl_score, fit_au_thresholds
 from .arguments import TrainArguments
 from .optimization import layer_decay_parameter_groups
 from .presets import emma_config_from_preset
-from modeling import EmmaForAffectAnalysis
+
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def predict(model: torch.nn.Module, dataloader: DataLoader, accelerator: Acceler
                 batch["action_units"],
             )
         )
-        for key, value in zip(collected, gathered):
+        for key, value in zip(collected, gathered, strict=True):
             collected[key].append(value.cpu().numpy())
     arrays = {key: np.concatenate(values) for key, values in collected.items()}
     predictions = {
@@ -219,11 +220,19 @@ def train(args: TrainArguments) -> dict:
     )
     unwrapped = accelerator.unwrap_model(model)
 
-    trainer_state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_epoch": None,
-                     "best_scores": None, "history": []}
+    trainer_state = {
+        "global_step": 0,
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "best_score": None,
+        "best_epoch": None,
+        "best_scores": None,
+        "history": [],
+    }
     if args.resume_from_checkpoint:
         state_path = (
-            find_latest_state(output_dir) if args.resume_from_checkpoint == "latest"
+            find_latest_state(output_dir)
+            if args.resume_from_checkpoint == "latest"
             else Path(args.resume_from_checkpoint)
         )
         if state_path is None or not (state_path / TRAINER_STATE_FILE).is_file():
@@ -234,9 +243,12 @@ def train(args: TrainArguments) -> dict:
         logger.info("resumed from %s at step %d", state_path, trainer_state["global_step"])
 
     run_config = {k: v for k, v in dataclasses.asdict(args).items() if k != "hub_token"}
-    accelerator.init_trackers("emma", config={k: v for k, v in run_config.items() if isinstance(v, (int, float, str, bool))})
+    tracker_config = {key: value for key, value in run_config.items() if isinstance(value, (int, float, str, bool))}
+    accelerator.init_trackers("emma", config=tracker_config)
     progress = tqdm(
-        total=max_steps, initial=trainer_state["global_step"], desc="training",
+        total=max_steps,
+        initial=trainer_state["global_step"],
+        desc="training",
         disable=not accelerator.is_local_main_process,
     )
     save_steps = args.save_steps if args.save_steps > 0 else None
@@ -302,7 +314,10 @@ def train(args: TrainArguments) -> dict:
             json.dump(trainer_state, handle, indent=2)
         if args.push_to_hub:
             url = push_folder_to_hub(
-                output_dir / BEST_MODEL_DIR, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
+                output_dir / BEST_MODEL_DIR,
+                args.hub_model_id,
+                token=args.hub_token,
+                private=args.hub_private_repo,
                 commit_message=f"EMMA, best {SELECTION_SCORE} {trainer_state['best_score']:.4f}",
             )
             logger.info("pushed %s", url)
@@ -327,11 +342,17 @@ def save_best_model(
     note = "AU decisions at the config's thresholds."
     if args.fit_au_thresholds:
         model.config.au_thresholds = [float(value) for value in fitted_thresholds]
-        note = ("AU thresholds were fitted on this validation split (P_AU_fitted_thresholds): the scores at those "
-                "thresholds are optimistic.")
+        note = (
+            "AU thresholds were fitted on this validation split (P_AU_fitted_thresholds): the scores at those "
+            "thresholds are optimistic."
+        )
     card = render_model_card(
-        model, scores=scores, training_arguments=run_config, repo_id=args.hub_model_id,
-        data_dir=os.path.basename(os.path.abspath(args.data_dir)), data_note=note,
+        model,
+        scores=scores,
+        training_arguments=run_config,
+        repo_id=args.hub_model_id,
+        data_dir=os.path.basename(os.path.abspath(args.data_dir)),
+        data_note=note,
     )
     save_model_folder(model, output_dir / BEST_MODEL_DIR, card)
     model.config.au_thresholds = thresholds

@@ -2,6 +2,7 @@
 
 from torch import nn
 
+
 # Parameters that carry no weight decay besides biases and norms (any 1-D parameter).
 NO_WEIGHT_DECAY_SUFFIXES = ("cls_token", "position_embeddings")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from modeling import EmmaConfig
 
+
 EMMA_PRESETS: dict[str, dict] = {
     # ViT-B/16 at 224 px (MAE base) + ResNet-18 DAN, as in the paper.
     "base": {"vit_config": {"image_size": 224, "patch_size": 16, "mask_ratio": 0.0}, "cnn_config": {}},

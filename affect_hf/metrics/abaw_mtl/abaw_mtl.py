@@ -72,7 +72,7 @@ def _rows(columns):
     if not isinstance(columns, Mapping):
         return columns
     arrays = {task: np.asarray(columns[task]).tolist() for task in _TASKS}
-    return [dict(zip(_TASKS, values)) for values in zip(*(arrays[task] for task in _TASKS))]
+    return [dict(zip(_TASKS, values, strict=True)) for values in zip(*(arrays[task] for task in _TASKS), strict=True)]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
