@@ -90,6 +90,7 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
         mixed_precision="bf16",
         push_to_hub=True,
         hub_model_id="user/emma-tiny",
+        report_to="tensorboard",
     )
     commit = CommitInfo(
         commit_url="https://huggingface.co/user/emma-tiny/commit/1", commit_message="m", commit_description="", oid="1"
@@ -122,6 +123,7 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
     assert config["au_pos_weight"] == pytest.approx(expected_pos_weight)
     assert f"| P_MTL | {best['P_MTL']:.4f} |" in (best_dir / "README.md").read_text()
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1, "save_total_limit=1"
+    assert list((tmp_path / "run" / "emma").rglob("events.out.tfevents.*")), "no TensorBoard log written"
     uploaded = {operation.path_in_repo for operation in push.call_args.kwargs["operations"]}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= uploaded
     assert push.call_args.kwargs["repo_id"] == "user/emma-tiny"
