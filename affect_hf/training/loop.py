@@ -23,7 +23,7 @@ from ..data import AbawMtlTorchDataset, load_abaw_mtl
 from ..hub import push_folder_to_hub, render_model_card, replace_directory, save_model_folder
 from ..labels import MISSING_ACTION_UNIT
 from ..metrics import abaw_mtl_score, fit_au_thresholds
-from .arguments import TrainArguments
+from .arguments import TrainArguments, resolve_mixed_precision
 from .optimization import layer_decay_parameter_groups
 from .presets import emma_config_from_preset
 
@@ -143,7 +143,7 @@ def make_accelerator(args: TrainArguments) -> Accelerator:
             logger.warning("tensorboard is not installed: no tracker (pip install 'affect-hf[tensorboard]')")
             report_to = None
     return Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to,
         project_dir=args.output_dir,
@@ -164,6 +164,9 @@ def train(args: TrainArguments) -> dict:
     logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
 
     model = build_model(args)
+    if model.cnn is not None:
+        # oneDNN's convolutions are fastest on NHWC; the saved weights are the same numbers either way.
+        model.cnn.to(memory_format=torch.channels_last)
     image_size = model.config.image_size
     train_split = load_abaw_mtl(args.data_dir, "train")
     eval_split = load_abaw_mtl(args.data_dir, "validation")

@@ -1,0 +1,47 @@
+"""Smoke test of scripts/benchmark.py at the tiny preset: the report's structure, never its timings."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_reports_every_phase(benchmark, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = "--preset tiny --device cpu --dtype both --steps 1 --warmup 0 --inference-batch-sizes 1 2".split()
+    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --json".split() + [str(out)]
+    report = benchmark.main(argv)
+
+    assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report["results"]))
+    assert set(report["peak"]) == {"fp32", "bf16"}
+    assert report["attention"]["vit"] == "sdpa"
+    assert report["attention"]["sdpa_ops_seen"]  # the ViT really called scaled_dot_product_attention
+    assert report["flops_per_image"]["training"] > report["flops_per_image"]["inference"] > 0
+    phases = {(r["phase"], r["batch_size"], r["dtype"]) for r in report["results"]}
+    expected = [("inference", 1), ("inference", 2), ("training", 2)]
+    assert phases == {(phase, batch, dtype) for phase, batch in expected for dtype in ("fp32", "bf16")}
+    for result in report["results"]:
+        assert result["timed_steps"] == 1
+        assert result["images_per_s"] > 0 and result["fraction_of_peak"] > 0 and result["peak_memory_gib"] > 0
+    assert set(report["speedup_bf16_over_fp32"]) == {"inference_batch1", "inference_batch2", "training_batch2"}
+
+
+def test_speedups_pairs_dtypes(benchmark):
+    results = [
+        {"phase": "inference", "batch_size": 1, "dtype": "fp32", "images_per_s": 2.0},
+        {"phase": "inference", "batch_size": 1, "dtype": "bf16", "images_per_s": 3.0},
+        {"phase": "training", "batch_size": 4, "dtype": "fp32", "images_per_s": 1.0},
+    ]
+    assert benchmark.speedups(results) == {"inference_batch1": 1.5}
