@@ -240,3 +240,42 @@ def test_auto_mixed_precision_uses_bf16_only_where_the_cpu_computes_it(monkeypat
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert resolve_mixed_precision("auto") == expected
     assert resolve_mixed_precision("fp16") == "fp16" and resolve_mixed_precision("no") == "no"
+
+
+def test_accumulation_counts_optimizer_steps_and_fitted_thresholds_are_stored(synthetic_abaw_root, tmp_path):
+    args = tiny_run_arguments(
+        synthetic_abaw_root,
+        tmp_path / "accumulate",
+        gradient_accumulation_steps=3,
+        num_train_epochs=1,
+        fit_au_thresholds=True,
+    )
+    state = train(args)
+    assert state["global_step"] == (96 // 8) // 3
+    best_dir = tmp_path / "accumulate" / "best_model"
+    thresholds = json.loads((best_dir / "config.json").read_text())["au_thresholds"]
+    assert len(thresholds) == 12 and all(0.05 <= value <= 0.95 for value in thresholds)
+    assert thresholds != [0.5] * 12
+    assert "fitted on this validation split" in (best_dir / "README.md").read_text()
+
+
+def test_prediction_covers_the_validation_split_in_order(synthetic_abaw_root):
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from affect_hf.data import AbawMtlTorchDataset, load_abaw_mtl
+    from affect_hf.training import predict
+
+    split = load_abaw_mtl(synthetic_abaw_root, "validation")
+    dataset = AbawMtlTorchDataset(split, image_size=32, train=False)
+    model = EmmaForAffectAnalysis(tiny_emma_config())
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=5, shuffle=False))
+    predictions, references = predict(model, loader, accelerator)
+    assert len(predictions["valence_arousal"]) == len(split) == 48
+    np.testing.assert_array_equal(references["expression"], np.asarray(split["expression"]))
+    np.testing.assert_array_equal(references["action_units"], np.asarray(split["action_units"]))
+    with torch.no_grad():
+        last = model(dataset[47]["pixel_values"][None])
+    np.testing.assert_allclose(predictions["valence_arousal"][47], last.valence_arousal[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(predictions["action_units"][47], torch.sigmoid(last.au_logits[0]).numpy(), atol=1e-5)
