@@ -13,7 +13,8 @@ setup(
     install_requires=[
         # torch: install the build for your machine first (see README); any 2.4+ works.
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        # The remote code uses 5.24's ViTMAE module names and conversion-mapping API (tested version).
+        "transformers>=5.24,<6",
         "datasets>=3.0",
         "accelerate>=1.0",
         "evaluate>=0.4.3",

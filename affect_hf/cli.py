@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from .files import write_text_atomically
+
 
 DEMO_SCORES = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
 
@@ -83,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "demo":
         result = run_demo(args.output_dir, args.num_train, args.num_validation, args.epochs, args.seed)
-        with open(Path(args.output_dir) / "demo_scores.json", "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_text_atomically(Path(args.output_dir) / "demo_scores.json", json.dumps(result, indent=2))
     elif args.command == "make-synthetic":
         from .data import make_synthetic_abaw
 

@@ -13,6 +13,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from model_cards import EMMA_TEMPLATE
 
+from .files import remove_stale_staging, replace_directory
+
 
 # The eval transform and the saved processor must resize alike.
 RESAMPLING = PILImageResampling.BILINEAR
@@ -79,22 +81,11 @@ def render_model_card(
     )
 
 
-def replace_directory(source: Path, destination: Path) -> None:
-    """Move a finished folder into place so that readers see the old folder or the new one, never a mix."""
-    destination = Path(destination)
-    retired = None
-    if destination.exists():
-        retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        os.replace(destination, retired)
-    os.replace(source, destination)
-    if retired is not None:
-        shutil.rmtree(retired)
-
-
 def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, card: ModelCard | None = None) -> Path:
     """Write weights, config, code files, `preprocessor_config.json` and README.md atomically."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(output_dir.parent, output_dir.name)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)

@@ -40,8 +40,8 @@ def masked_binary_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, missing_value: int, pos_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean pos-weighted binary cross-entropy over the labelled (sample, class) entries only."""
-    valid = (labels != missing_value).to(logits.dtype)
+    valid = (labels != missing_value).float()  # float32 even under autocast: bf16 cannot count past 256 exactly
     losses = nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), (labels == 1).float(), weight=valid.float(), pos_weight=pos_weight, reduction="sum"
+        logits.float(), (labels == 1).float(), weight=valid, pos_weight=pos_weight, reduction="sum"
     )
     return losses / valid.sum().clamp(min=1.0)

@@ -104,6 +104,7 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
 
     history = state["history"]
     assert [entry["epoch"] for entry in history] == [-1, 0, 1]
+    assert history[-1]["learning_rate"] == pytest.approx(args.min_learning_rate, rel=1e-3), "cosine ends at min lr"
     assert state["global_step"] == 2 * (96 // 8)
     best = max(history[1:], key=lambda entry: entry["P_MTL"])
     assert state["best_scores"]["P_MTL"] == best["P_MTL"]
@@ -279,3 +280,40 @@ def test_prediction_covers_the_validation_split_in_order(synthetic_abaw_root):
         last = model(dataset[47]["pixel_values"][None])
     np.testing.assert_allclose(predictions["valence_arousal"][47], last.valence_arousal[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(predictions["action_units"][47], torch.sigmoid(last.au_logits[0]).numpy(), atol=1e-5)
+
+
+def test_two_process_run_counts_steps_and_ends_the_schedule_at_min_lr(synthetic_abaw_root, tmp_path):
+    """Real 2-rank data parallel on CPU (gloo): 88 samples / batch 8 = 11 batches, 5 per rank per epoch."""
+    output_dir = tmp_path / "ddp"
+    flags = [
+        "--data_dir", str(synthetic_abaw_root), "--output_dir", str(output_dir), "--model_config", "tiny",
+        "--num_train_epochs", "2", "--warmup_epochs", "0.5", "--per_device_train_batch_size", "8",
+        "--max_train_samples", "88", "--base_learning_rate", "5e-3", "--min_learning_rate", "1e-5",
+        "--mixed_precision", "no", "--num_workers", "0", "--report_to", "none",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(REPO_ROOT / "scripts" / "train.py"), *flags],
+        env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output_dir / "training_history.json").read_text())
+    assert state["global_step"] == 2 * (11 // 2)
+    peak = 5e-3 * 8 * 2 / 256
+    assert 1e-5 < state["history"][0]["learning_rate"] < peak
+    assert state["history"][-1]["learning_rate"] == pytest.approx(1e-5, rel=1e-3)
+    assert state["history"][-1]["num_samples_expression"] == state["history"][0]["num_samples_expression"]
+    assert (output_dir / "best_model" / "model.safetensors").is_file()
+
+
+def test_a_run_whose_scores_are_all_nan_saves_no_best_model(tmp_path):
+    from affect_hf.data import make_synthetic_abaw
+
+    data_dir = make_synthetic_abaw(
+        tmp_path / "unlabelled", num_train=32, num_validation=16, num_test=4, image_size=32, missing_label_rate=1.0
+    )
+    with pytest.warns(UserWarning):  # every task of the validation split lacks labels
+        state = train(tiny_run_arguments(data_dir, tmp_path / "run", num_train_epochs=1))
+    assert state["best_score"] is None and not (tmp_path / "run" / "best_model").exists()
+    assert np.isnan(state["history"][0]["P_MTL"])

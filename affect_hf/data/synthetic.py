@@ -18,12 +18,12 @@ missing codes, as in the real annotation files (the image still shows the true v
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from ..files import write_text_atomically
 from ..labels import (
     ABAW_EXPRESSIONS,
     ACTION_UNITS,
@@ -112,7 +112,7 @@ def make_synthetic_abaw(
         else:
             labels = _annotation_fields(missing_labels, expression, valence_arousal, action_units)
             lines = [ABAW_MTL_HEADER] + [f"{name},{row}" for name, row in zip(names, labels, strict=True)]
-        _write_atomically(root / ABAW_MTL_ANNOTATION_FILES[split], "\n".join(lines) + "\n")
+        write_text_atomically(root / ABAW_MTL_ANNOTATION_FILES[split], "\n".join(lines) + "\n")
     return root
 
 
@@ -182,12 +182,3 @@ class _CueLayout:
 def _grey_level(value: float) -> float:
     """[-1, 1] -> [dark, bright]."""
     return _DARK + (value + 1.0) / 2.0 * (_BRIGHT - _DARK)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-        file.write(text)
-    os.chmod(file.name, 0o644)
-    os.replace(file.name, path)

@@ -68,8 +68,16 @@ class TrainArguments:
             raise ValueError("--push_to_hub needs --hub_model_id")
         if self.au_pos_weight not in ("data", "config"):
             raise ValueError(f"--au_pos_weight must be 'data' or 'config', got {self.au_pos_weight!r}")
-        if self.gradient_accumulation_steps < 1 or self.per_device_train_batch_size < 1:
-            raise ValueError("batch size and gradient_accumulation_steps must be positive")
+        positive = (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "save_total_limit",
+            "logging_steps",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -20,7 +20,8 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from modeling import EmmaForAffectAnalysis
 
 from ..data import AbawMtlTorchDataset, load_abaw_mtl
-from ..hub import push_folder_to_hub, render_model_card, replace_directory, save_model_folder
+from ..files import replace_directory, write_text_atomically
+from ..hub import push_folder_to_hub, render_model_card, save_model_folder
 from ..labels import MISSING_ACTION_UNIT
 from ..metrics import abaw_mtl_score, fit_au_thresholds
 from .arguments import TrainArguments, resolve_mixed_precision
@@ -125,8 +126,7 @@ def save_training_state(accelerator: Accelerator, output_dir: Path, trainer_stat
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with open(staging / TRAINER_STATE_FILE, "w", encoding="utf-8") as handle:
-            json.dump(trainer_state, handle, indent=2)
+        write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
         replace_directory(staging, final)
         states = sorted(path for path in states_dir.iterdir() if STATE_DIR_PATTERN.match(path.name))
         for old in states[: max(0, len(states) - total_limit)]:
@@ -209,18 +209,19 @@ def train(args: TrainArguments) -> dict:
     )
     optimizer = torch.optim.AdamW(parameter_groups, lr=learning_rate, betas=(0.9, 0.999))
 
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    # Count steps on the prepared loader: it holds this process's share of the batches.
+    train_dataloader, eval_dataloader = accelerator.prepare(train_dataloader, eval_dataloader)
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
     num_epochs = math.ceil(max_steps / steps_per_epoch)
+    # Accelerate steps a prepared scheduler once per process at each optimiser step: size it in those units.
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer,
-        num_warmup_steps=round(args.warmup_epochs * steps_per_epoch),
-        num_training_steps=max_steps,
+        num_warmup_steps=round(args.warmup_epochs * steps_per_epoch) * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
         min_lr_rate=min(1.0, args.min_learning_rate / learning_rate),
     )
-    model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, scheduler
-    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
     trainer_state = {
@@ -301,11 +302,20 @@ def train(args: TrainArguments) -> dict:
 
         scores, fitted_thresholds = evaluate_model(model, eval_dataloader, accelerator, unwrapped.config.au_thresholds)
         accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=trainer_state["global_step"])
-        trainer_state["history"].append({"epoch": epoch, "step": trainer_state["global_step"], **scores})
+        trainer_state["history"].append(
+            {
+                "epoch": epoch,
+                "step": trainer_state["global_step"],
+                "learning_rate": scheduler.get_last_lr()[-1],
+                **scores,
+            }
+        )
         if accelerator.is_main_process:
             logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in scores.items() if k.startswith("P_")})
         score = scores[SELECTION_SCORE]
-        if trainer_state["best_score"] is None or (not math.isnan(score) and score > trainer_state["best_score"]):
+        if math.isnan(score):
+            logger.warning("epoch %d: %s is NaN; this epoch cannot become the best model", epoch, SELECTION_SCORE)
+        elif trainer_state["best_score"] is None or score > trainer_state["best_score"]:
             trainer_state.update(best_score=score, best_epoch=epoch, best_scores=scores)
             save_best_model(accelerator, unwrapped, output_dir, scores, fitted_thresholds, run_config, args)
         trainer_state["epoch"], trainer_state["batches_in_epoch"] = epoch + 1, 0
@@ -313,9 +323,10 @@ def train(args: TrainArguments) -> dict:
 
     progress.close()
     if accelerator.is_main_process:
-        with open(output_dir / "training_history.json", "w", encoding="utf-8") as handle:
-            json.dump(trainer_state, handle, indent=2)
-        if args.push_to_hub:
+        write_text_atomically(output_dir / "training_history.json", json.dumps(trainer_state, indent=2))
+        if trainer_state["best_score"] is None:
+            logger.warning("no epoch had a finite %s: nothing saved as %s", SELECTION_SCORE, BEST_MODEL_DIR)
+        elif args.push_to_hub:
             url = push_folder_to_hub(
                 output_dir / BEST_MODEL_DIR,
                 args.hub_model_id,

@@ -1,0 +1,54 @@
+"""Atomic writes: a reader (or a crash) sees the old file or folder or the new one, never half of one."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as file:
+        file.write(text)
+    os.chmod(file.name, 0o644)
+    os.replace(file.name, path)
+
+
+def retired_name(destination: Path) -> Path:
+    return destination.with_name(f".{destination.name}.old")
+
+
+def replace_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Move a finished folder into place.
+
+    The old folder is first renamed aside, so a crash between the two renames leaves it recoverable under
+    `.<name>.old`; `restore_directory` puts it back.
+    """
+    source, destination = Path(source), Path(destination)
+    restore_directory(destination)
+    retired = retired_name(destination)
+    if retired.exists():
+        shutil.rmtree(retired)
+    if destination.exists():
+        os.replace(destination, retired)
+    os.replace(source, destination)
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+def restore_directory(destination: str | os.PathLike) -> None:
+    """Undo a replacement interrupted between its two renames (the folder missing, its retired copy present)."""
+    destination = Path(destination)
+    retired = retired_name(destination)
+    if not destination.exists() and retired.exists():
+        os.replace(retired, destination)
+
+
+def remove_stale_staging(parent: str | os.PathLike, name: str) -> None:
+    """Delete staging folders `.<name>.tmp*` that a crashed save left behind."""
+    for leftover in Path(parent).glob(f".{name}.tmp*"):
+        shutil.rmtree(leftover, ignore_errors=True)
