@@ -9,27 +9,23 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedModel, ViTImageProcessor
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 from model_cards import EMMA_TEMPLATE
 
+from .data.transforms import IMAGE_MEAN, IMAGE_STD, RESAMPLING
 from .files import remove_stale_staging, replace_directory
 
 
-# The eval transform and the saved processor must resize alike.
-RESAMPLING = PILImageResampling.BILINEAR
-
-
 def build_image_processor(image_size: int) -> ViTImageProcessor:
-    """The processor saved with every model: resize to the training size, ImageNet mean/std (not ViT's 0.5)."""
+    """The processor saved with every model: the eval transform's resize and normalisation (not ViT's 0.5)."""
     return ViTImageProcessor(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         resample=RESAMPLING,
         do_rescale=True,
         do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
     )
 
 

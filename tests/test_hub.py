@@ -16,6 +16,7 @@ from huggingface_hub import CommitInfo, HfApi
 from PIL import Image
 from transformers import pipeline
 
+from affect_hf.data import AffectImageTransform
 from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
 from modeling import EmmaForAffectAnalysis
 from tests.test_modeling import IMAGE_SIZE, tiny_emma_config
@@ -125,14 +126,17 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(saved_folde
     assert {entry["label"] for entry in local_pipeline} == set(model.config.id2label.values())
 
 
-def test_pipeline_uses_the_saved_preprocessing(saved_folder, tmp_path):
-    """The pipeline's scores equal the model's softmax on the processor's output."""
+def test_saved_processor_preprocesses_like_the_training_eval_transform(saved_folder):
+    """The pipeline sees what evaluation saw during training: same resize, same normalisation."""
     model, folder = saved_folder
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 60, 3), dtype=np.uint8))
+    eval_pixels = AffectImageTransform(image_size=IMAGE_SIZE, train=False)(image)
+    processor_pixels = build_image_processor(IMAGE_SIZE)(image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(processor_pixels, eval_pixels, rtol=0, atol=1e-5)
+
     predictions = pipeline("image-classification", model=str(folder))(image, top_k=8)
-    pixel_values = build_image_processor(IMAGE_SIZE)(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        probabilities = model(pixel_values).logits.softmax(-1)[0]
+        probabilities = model(eval_pixels[None]).logits.softmax(-1)[0]
     by_label = {entry["label"]: entry["score"] for entry in predictions}
     for index, label in model.config.id2label.items():
         assert by_label[label] == pytest.approx(probabilities[int(index)].item(), abs=1e-5)

@@ -1,5 +1,6 @@
 """The training loop: parameter groups, arguments, a real run on synthetic data, exact resume, pushing."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -131,6 +132,12 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
     assert push.call_args.kwargs["repo_id"] == "user/emma-tiny"
 
 
+def as_flags(args: TrainArguments) -> list[str]:
+    """The command line that parses back into `args` (the same run, launched as a script)."""
+    fields = dataclasses.asdict(args)
+    return [token for name, value in fields.items() if value is not None for token in (f"--{name}", str(value))]
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -156,44 +163,10 @@ def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_
         num_workers=num_workers,
         warmup_epochs=0.25,
     )
-    uninterrupted = tiny_run_arguments(synthetic_abaw_root, tmp_path / "uninterrupted", **common)
-    train(uninterrupted)
+    train(tiny_run_arguments(synthetic_abaw_root, tmp_path / "uninterrupted", **common))
 
     crashed_dir = tmp_path / "crashed"
-    flags = [
-        "--data_dir",
-        str(synthetic_abaw_root),
-        "--output_dir",
-        str(crashed_dir),
-        "--model_config",
-        "tiny",
-        "--num_train_epochs",
-        "2",
-        "--warmup_epochs",
-        "0.25",
-        "--per_device_train_batch_size",
-        "4",
-        "--per_device_eval_batch_size",
-        "32",
-        "--base_learning_rate",
-        "5e-3",
-        "--mixed_precision",
-        "no",
-        "--num_workers",
-        str(num_workers),
-        "--report_to",
-        "none",
-        "--seed",
-        "0",
-        "--max_steps",
-        "30",
-        "--save_steps",
-        "5",
-        "--save_total_limit",
-        "2",
-        "--drop_path_rate",
-        "0.2",
-    ]
+    flags = as_flags(tiny_run_arguments(synthetic_abaw_root, crashed_dir, **common))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags],
@@ -213,7 +186,9 @@ def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_
 
     resumed = parse_train_arguments([*flags, "--resume_from_checkpoint", "latest"])
     state = train(resumed)
-    assert state["global_step"] == 30
+    assert state["global_step"] == 30 and resumed == dataclasses.replace(
+        tiny_run_arguments(synthetic_abaw_root, crashed_dir, **common), resume_from_checkpoint="latest"
+    )
 
     final = "checkpoints/step_00000030/model.safetensors"
     expected = load_file(tmp_path / "uninterrupted" / final)
@@ -277,9 +252,10 @@ def test_prediction_covers_the_validation_split_in_order(synthetic_abaw_root):
     np.testing.assert_array_equal(references["expression"], np.asarray(split["expression"]))
     np.testing.assert_array_equal(references["action_units"], np.asarray(split["action_units"]))
     with torch.no_grad():
-        last = model(dataset[47]["pixel_values"][None])
-    np.testing.assert_allclose(predictions["valence_arousal"][47], last.valence_arousal[0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(predictions["action_units"][47], torch.sigmoid(last.au_logits[0]).numpy(), atol=1e-5)
+        direct = model(torch.stack([dataset[index]["pixel_values"] for index in range(len(dataset))]))
+    np.testing.assert_allclose(predictions["valence_arousal"], direct.valence_arousal.numpy(), atol=1e-5)
+    np.testing.assert_allclose(predictions["expression"], direct.logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(predictions["action_units"], torch.sigmoid(direct.au_logits).numpy(), atol=1e-5)
 
 
 def test_two_process_run_counts_steps_and_ends_the_schedule_at_min_lr(synthetic_abaw_root, tmp_path):

@@ -23,8 +23,12 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 TRAIN_RESIZE_SCALE = 1.04
-_MEAN = np.asarray(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
-_STD = np.asarray(IMAGENET_DEFAULT_STD, dtype=np.float32)
+# The preprocessing every model is trained with; the image processor saved with a model reads these too.
+IMAGE_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGE_STD = tuple(IMAGENET_DEFAULT_STD)
+RESAMPLING = PIL.Image.Resampling.BILINEAR
+_MEAN = np.asarray(IMAGE_MEAN, dtype=np.float32)
+_STD = np.asarray(IMAGE_STD, dtype=np.float32)
 
 
 def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -69,7 +73,7 @@ class AffectImageTransform:
         return int(self.image_size * TRAIN_RESIZE_SCALE) if self.train else self.image_size
 
     def __call__(self, image: PIL.Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        image = image.convert("RGB").resize((self.resize_size, self.resize_size), PIL.Image.Resampling.BILINEAR)
+        image = image.convert("RGB").resize((self.resize_size, self.resize_size), RESAMPLING)
         if self.train:
             if rng is None:
                 raise ValueError("A training transform needs `rng` (see `augmentation_rng`) to stay reproducible.")

@@ -20,7 +20,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from modeling import EmmaForAffectAnalysis
 
 from ..data import AbawMtlTorchDataset, load_abaw_mtl
-from ..files import replace_directory, write_text_atomically
+from ..files import remove_stale_staging, replace_directory, write_text_atomically
 from ..hub import push_folder_to_hub, render_model_card, save_model_folder
 from ..labels import MISSING_ACTION_UNIT
 from ..metrics import abaw_mtl_score, fit_au_thresholds
@@ -119,14 +119,15 @@ def save_training_state(accelerator: Accelerator, output_dir: Path, trainer_stat
     final = states_dir / f"step_{trainer_state['global_step']:08d}"
     if accelerator.is_main_process:
         states_dir.mkdir(parents=True, exist_ok=True)
+    # Every process writes its part into the same staging folder, so its name is fixed, not random.
     staging = states_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        remove_stale_staging(states_dir, "step_*")
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
+        (staging / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
         replace_directory(staging, final)
         states = sorted(path for path in states_dir.iterdir() if STATE_DIR_PATTERN.match(path.name))
         for old in states[: max(0, len(states) - total_limit)]:
