@@ -16,30 +16,31 @@ def run_demo(output_dir: str, num_train: int, num_validation: int, epochs: int, 
     from transformers import pipeline
 
     from .data import make_synthetic_abaw
-    from .training import TrainArguments, train
+    from .training import TrainingArguments, train
+    from .training.recipes.emma import EmmaArguments
 
     output = Path(output_dir)
+    # The demo owns its folder: a second demo writes over the first.
     data_dir = make_synthetic_abaw(
-        output / "data", num_train=num_train, num_validation=num_validation, num_test=8, seed=seed
+        output / "data", num_train=num_train, num_validation=num_validation, num_test=8, seed=seed, overwrite=True
     )
-    args = TrainArguments(
-        data_dir=str(data_dir),
+    args = TrainingArguments(
+        recipe="emma",
         output_dir=str(output / "run"),
-        model_config="tiny",
+        overwrite_output_dir=True,
         num_train_epochs=epochs,
         warmup_epochs=1,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=128,
         base_learning_rate=8e-3,
-        layer_decay=0.9,
-        drop_path_rate=0.0,
         mixed_precision="auto",
         num_workers=0,
         report_to="none",
         eval_on_start=True,
         seed=seed,
     )
-    state = train(args)
+    emma_args = EmmaArguments(data_dir=str(data_dir), model_config="tiny", layer_decay=0.9, drop_path_rate=0.0)
+    state = train(args, emma_args)
     untrained, best = state["history"][0], state["best_scores"]
     print("\nABAW scores on the synthetic validation split:")
     print(f"{'':12s}" + "".join(f"{name:>10s}" for name in DEMO_SCORES))

@@ -29,35 +29,61 @@ def build_image_processor(image_size: int) -> ViTImageProcessor:
     )
 
 
+DEFAULT_INDEX_METRIC_PREFIXES = ("P_", "ccc_")
+
+
 def render_model_card(
     model: PreTrainedModel,
+    template: str | os.PathLike = EMMA_TEMPLATE,
     scores: dict[str, float] | None = None,
     training_arguments: dict[str, Any] | None = None,
     repo_id: str | None = None,
     dataset_name: str = "ABAW4 MTL (s-Aff-Wild2) format",
+    dataset_type: str = "abaw-mtl",
     data_dir: str = "",
     data_note: str = "",
+    index_metrics: tuple[str, ...] | None = None,
+    tags: tuple[str, ...] = (
+        "affect",
+        "facial-expression",
+        "action-units",
+        "valence-arousal",
+        "abaw",
+        "vit-mae",
+        "custom_code",
+    ),
+    pipeline_tag: str = "image-classification",
+    task_type: str = "image-classification",
 ) -> ModelCard:
-    """A card with a valid `model-index` (the ABAW scores) and the training arguments."""
+    """A card from `template` with a valid `model-index` and the training arguments.
+
+    The model-index holds the scores named in `index_metrics` (default: the ABAW scores, `P_*` and `ccc_*`); the
+    card's table shows every score.
+    """
     scores = {name: float(value) for name, value in (scores or {}).items()}
     repo_id = repo_id or "path/to/this/folder"
+    indexed = [
+        name
+        for name in scores
+        if (name in index_metrics if index_metrics is not None else name.startswith(DEFAULT_INDEX_METRIC_PREFIXES))
+    ]
     eval_results = [
         EvalResult(
-            task_type="image-classification",
-            dataset_type="abaw-mtl",
+            task_type=task_type,
+            dataset_type=dataset_type,
             dataset_name=dataset_name,
             dataset_split="validation",
             metric_type=name,
             metric_name=name,
-            metric_value=value,
+            metric_value=scores[name],
         )
-        for name, value in scores.items()
-        if name.startswith("P_") or name.startswith("ccc_")
+        for name in indexed
+        if scores[name] == scores[name]  # a NaN is no result
     ]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=["affect", "facial-expression", "action-units", "valence-arousal", "abaw", "vit-mae", "custom_code"],
+        pipeline_tag=pipeline_tag,
+        tags=list(tags),
         license="apache-2.0",
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
@@ -66,7 +92,7 @@ def render_model_card(
     arguments_block = f"```json\n{arguments_json}\n```"
     return ModelCard.from_template(
         card_data,
-        template_path=str(EMMA_TEMPLATE),
+        template_path=str(template),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         image_size=model.config.image_size,
@@ -99,7 +125,7 @@ def push_folder_to_hub(
     repo_id: str,
     token: str | None = None,
     private: bool | None = None,
-    commit_message: str = "Upload EMMA model",
+    commit_message: str = "Upload model",
 ) -> str:
     """Upload every file of a saved folder in one commit; returns the commit URL.
 

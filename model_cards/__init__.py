@@ -2,5 +2,6 @@
 
 from pathlib import Path
 
+
 TEMPLATES_DIR = Path(__file__).parent
 EMMA_TEMPLATE = TEMPLATES_DIR / "emma.md"

@@ -1,6 +1,7 @@
-"""Train a model: `accelerate launch scripts/train.py --recipe emma --data_dir ... --output_dir ...`.
+"""Train a model: `accelerate launch scripts/train.py --recipe {emma,mae,cotex,dan} --data_dir ... --output_dir ...`.
 
-All options: `python scripts/train.py --help`; a YAML or JSON file of them may replace the flags.
+All options of a recipe: `python scripts/train.py --recipe mae --help`; a YAML or JSON file of them may replace the
+flags.
 """
 
 from affect_hf.training import main

@@ -1,12 +1,6 @@
 """The training loop: parameter groups, arguments, a real run on synthetic data, exact resume, pushing."""
 
-import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -14,35 +8,25 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi
-from safetensors.torch import load_file
 
-from affect_hf.training import TrainArguments, layer_decay_parameter_groups, parse_train_arguments, train
+from affect_hf.training import get_recipe, layer_decay_parameter_groups, parse_train_arguments, train
 from affect_hf.training.arguments import resolve_mixed_precision
-from affect_hf.training.loop import au_pos_weight_from_labels, find_latest_state
+from affect_hf.training.recipes.emma import au_pos_weight_from_labels
 from modeling import EmmaForAffectAnalysis
+from tests.runs import kill_mid_run_and_resume, run_arguments, run_two_processes
 from tests.test_modeling import tiny_emma_config
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_run_arguments(data_dir: Path, output_dir: Path, **overrides) -> TrainArguments:
-    fields = dict(
-        data_dir=str(data_dir),
-        output_dir=str(output_dir),
-        model_config="tiny",
+def tiny_run_arguments(data_dir: Path, output_dir: Path, **overrides):
+    """(loop arguments, EMMA arguments) of a tiny EMMA run; `overrides` go to whichever dataclass has the field."""
+    defaults = dict(
         num_train_epochs=2,
         warmup_epochs=0.5,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=32,
         base_learning_rate=5e-3,
-        mixed_precision="no",
-        num_workers=0,
-        report_to="none",
-        seed=0,
     )
-    fields.update(overrides)
-    return TrainArguments(**fields)
+    return run_arguments("emma", output_dir, data_dir=str(data_dir), model_config="tiny", **{**defaults, **overrides})
 
 
 def test_layer_decay_groups_scale_learning_rates_by_depth():
@@ -67,16 +51,20 @@ def test_au_pos_weight_counts_only_valid_labels():
 
 
 def test_arguments_from_flags_and_yaml(tmp_path):
-    args = parse_train_arguments(
+    args, emma = parse_train_arguments(
         ["--data_dir", "d", "--model_config", "tiny", "--max_steps", "7", "--layer_decay", "0.5"]
     )
-    assert (args.data_dir, args.model_config, args.max_steps, args.layer_decay) == ("d", "tiny", 7, 0.5)
-    assert args.base_learning_rate == 5e-4 and args.num_train_epochs == 30 and args.drop_path_rate == 0.1
+    assert (emma.data_dir, emma.model_config, args.max_steps, emma.layer_decay) == ("d", "tiny", 7, 0.5)
+    assert args.recipe == "emma" and args.output_dir == "outputs/emma" and emma.drop_path_rate == 0.1
+    # Recipe defaults are filled in when the recipe is built, so they can depend on the recipe's own options.
+    assert args.base_learning_rate is None
+    resolved = get_recipe("emma")(args, emma).args
+    assert resolved.base_learning_rate == 5e-4 and resolved.num_train_epochs == 30 and resolved.max_grad_norm == 1.0
     config_file = tmp_path / "run.yaml"
     config_file.write_text("data_dir: d\nmin_learning_rate: 2.0e-6\nmixed_precision: fp16\n")
-    args = parse_train_arguments([str(config_file)])
+    args, emma = parse_train_arguments([str(config_file)])
     assert args.min_learning_rate == 2e-6 and isinstance(args.min_learning_rate, float)
-    assert args.mixed_precision == "fp16"
+    assert args.mixed_precision == "fp16" and emma.data_dir == "d"
     with pytest.raises(ValueError, match="hub_model_id"):
         parse_train_arguments(["--data_dir", "d", "--push_to_hub"])
     with pytest.raises(SystemExit):
@@ -101,16 +89,17 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
         mock.patch.object(HfApi, "create_repo"),
         mock.patch.object(HfApi, "create_commit", return_value=commit) as push,
     ):
-        state = train(args)
+        state = train(*args)
 
     history = state["history"]
     assert [entry["epoch"] for entry in history] == [-1, 0, 1]
-    assert history[-1]["learning_rate"] == pytest.approx(args.min_learning_rate, rel=1e-3), "cosine ends at min lr"
-    assert state["global_step"] == 2 * (96 // 8)
+    assert history[-1]["learning_rate"] == pytest.approx(1e-6, rel=1e-3), "cosine ends at min lr"
+    assert state["global_step"] == 2 * (96 // 8) and state["status"] == "completed"
     best = max(history[1:], key=lambda entry: entry["P_MTL"])
     assert state["best_scores"]["P_MTL"] == best["P_MTL"]
     for name in ("P_VA", "P_EXPR", "P_AU", "P_MTL", "P_MTL_fitted_thresholds"):
         assert np.isfinite(best[name])
+    assert json.loads((tmp_path / "run" / "training_history.json").read_text()) == json.loads(json.dumps(state))
 
     best_dir = tmp_path / "run" / "best_model"
     config = json.loads((best_dir / "config.json").read_text())
@@ -132,29 +121,15 @@ def test_training_run_keeps_best_model_and_pushes(synthetic_abaw_root, tmp_path)
     assert push.call_args.kwargs["repo_id"] == "user/emma-tiny"
 
 
-def as_flags(args: TrainArguments) -> list[str]:
-    """The command line that parses back into `args` (the same run, launched as a script)."""
-    fields = dataclasses.asdict(args)
-    return [token for name, value in fields.items() if value is not None for token in (f"--{name}", str(value))]
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"training exited early:\n{process.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_root, tmp_path, num_workers):
     """Kill -9 mid-epoch, resume with `latest`: the final weights equal an uninterrupted run's, bit for bit.
 
     Drop path is on, so this also checks that the random stream resumes where it stopped.
     """
-    common = dict(
+    args = tiny_run_arguments(
+        synthetic_abaw_root,
+        tmp_path / "unused",
         per_device_train_batch_size=4,
         max_steps=30,
         save_steps=5,
@@ -163,46 +138,14 @@ def test_killed_run_resumed_from_latest_reaches_the_same_weights(synthetic_abaw_
         num_workers=num_workers,
         warmup_epochs=0.25,
     )
-    train(tiny_run_arguments(synthetic_abaw_root, tmp_path / "uninterrupted", **common))
-
-    crashed_dir = tmp_path / "crashed"
-    flags = as_flags(tiny_run_arguments(synthetic_abaw_root, crashed_dir, **common))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(crashed_dir / "checkpoints" / "step_00000005", process)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    latest = find_latest_state(crashed_dir)
-    trainer_state = json.loads((latest / "trainer_state.json").read_text())
-    assert trainer_state["epoch"] == 0 and 0 < trainer_state["batches_in_epoch"] < 96 // 4, "not killed mid-epoch"
-
-    resumed = parse_train_arguments([*flags, "--resume_from_checkpoint", "latest"])
-    state = train(resumed)
-    assert state["global_step"] == 30 and resumed == dataclasses.replace(
-        tiny_run_arguments(synthetic_abaw_root, crashed_dir, **common), resume_from_checkpoint="latest"
-    )
-
-    final = "checkpoints/step_00000030/model.safetensors"
-    expected = load_file(tmp_path / "uninterrupted" / final)
-    actual = load_file(crashed_dir / final)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
-    assert (crashed_dir / "best_model" / "model.safetensors").is_file()
+    killed = kill_mid_run_and_resume(*args, state_step=5, tmp_path=tmp_path)
+    assert killed["epoch"] == 0 and 0 < killed["batches_in_epoch"] < 96 // 4, "not killed mid-epoch"
 
 
 def test_resume_without_a_state_is_a_clear_error(synthetic_abaw_root, tmp_path):
     args = tiny_run_arguments(synthetic_abaw_root, tmp_path / "empty", resume_from_checkpoint="latest")
-    with pytest.raises(FileNotFoundError, match="no training state"):
-        train(args)
+    with pytest.raises(FileNotFoundError, match="no training state to resume"):
+        train(*args)
 
 
 @pytest.mark.parametrize(
@@ -222,12 +165,13 @@ def test_accumulation_counts_optimizer_steps_and_fitted_thresholds_are_stored(sy
     args = tiny_run_arguments(
         synthetic_abaw_root,
         tmp_path / "accumulate",
-        gradient_accumulation_steps=3,
+        gradient_accumulation_steps=5,
         num_train_epochs=1,
         fit_au_thresholds=True,
     )
-    state = train(args)
-    assert state["global_step"] == (96 // 8) // 3
+    state = train(*args)
+    # 12 batches in windows of 5, 5 and a last window of 2 at the epoch's end.
+    assert state["global_step"] == 3 and state["run"]["effective_batch_size"] == 40
     best_dir = tmp_path / "accumulate" / "best_model"
     thresholds = json.loads((best_dir / "config.json").read_text())["au_thresholds"]
     assert len(thresholds) == 12 and all(0.05 <= value <= 0.95 for value in thresholds)
@@ -240,7 +184,7 @@ def test_prediction_covers_the_validation_split_in_order(synthetic_abaw_root):
     from torch.utils.data import DataLoader
 
     from affect_hf.data import AbawMtlTorchDataset, load_abaw_mtl
-    from affect_hf.training import predict
+    from affect_hf.training.recipes.emma import predict
 
     split = load_abaw_mtl(synthetic_abaw_root, "validation")
     dataset = AbawMtlTorchDataset(split, image_size=32, train=False)
@@ -267,15 +211,10 @@ def test_two_process_run_counts_steps_and_ends_the_schedule_at_min_lr(synthetic_
         "--max_train_samples", "88", "--base_learning_rate", "5e-3", "--min_learning_rate", "1e-5",
         "--mixed_precision", "no", "--num_workers", "0", "--report_to", "none",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(REPO_ROOT / "scripts" / "train.py"), *flags],
-        env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+    result = run_two_processes(flags)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output_dir / "training_history.json").read_text())
-    assert state["global_step"] == 2 * (11 // 2)
+    assert state["global_step"] == 2 * (11 // 2) and state["run"]["effective_batch_size"] == 16
     peak = 5e-3 * 8 * 2 / 256
     assert 1e-5 < state["history"][0]["learning_rate"] < peak
     assert state["history"][-1]["learning_rate"] == pytest.approx(1e-5, rel=1e-3)
@@ -283,13 +222,15 @@ def test_two_process_run_counts_steps_and_ends_the_schedule_at_min_lr(synthetic_
     assert (output_dir / "best_model" / "model.safetensors").is_file()
 
 
-def test_a_run_whose_scores_are_all_nan_saves_no_best_model(tmp_path):
+def test_a_run_whose_scores_are_all_nan_saves_no_model_and_fails(tmp_path):
     from affect_hf.data import make_synthetic_abaw
+    from affect_hf.training import NoModelSavedError
 
     data_dir = make_synthetic_abaw(
         tmp_path / "unlabelled", num_train=32, num_validation=16, num_test=4, image_size=32, missing_label_rate=1.0
     )
-    with pytest.warns(UserWarning):  # every task of the validation split lacks labels
-        state = train(tiny_run_arguments(data_dir, tmp_path / "run", num_train_epochs=1))
-    assert state["best_score"] is None and not (tmp_path / "run" / "best_model").exists()
-    assert np.isnan(state["history"][0]["P_MTL"])
+    with pytest.warns(UserWarning), pytest.raises(NoModelSavedError, match="no model was saved"):
+        train(*tiny_run_arguments(data_dir, tmp_path / "run", num_train_epochs=1))
+    history = json.loads((tmp_path / "run" / "training_history.json").read_text())
+    assert history["status"].startswith("failed: no model was saved") and np.isnan(history["history"][0]["P_MTL"])
+    assert not (tmp_path / "run" / "best_model").exists()

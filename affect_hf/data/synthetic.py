@@ -74,17 +74,19 @@ def make_synthetic_abaw(
     missing_label_rate: float = 0.1,
     missing_image_count: int = 0,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic ABAW4 MTL set (annotation files, test list, JPEG frames) under `root`; return `root`.
 
     Deterministic for a seed; each split has its own stream, so resizing one split leaves the others unchanged.
     `missing_label_rate` is the chance, per frame and per task, that a label is written as its missing code.
     `missing_image_count` training frames are listed in the annotation file but get no image (ABAW has such
-    frames; the reader skips and counts them). Annotation files are written last and atomically.
+    frames; the reader skips and counts them). Annotation files are written last and atomically. A non-empty
+    `root` is refused unless `overwrite`.
     """
     if not 0 <= missing_image_count <= num_train:
         raise ValueError(f"missing_image_count must lie in [0, num_train={num_train}], got {missing_image_count}.")
-    root = Path(root)
+    root = prepare_synthetic_root(root, overwrite)
     image_dir = root / ABAW_MTL_IMAGE_DIR
     layout = _CueLayout(image_size)
     for split, num_frames in (("train", num_train), ("validation", num_validation), ("test", num_test)):
@@ -113,6 +115,15 @@ def make_synthetic_abaw(
             labels = _annotation_fields(missing_labels, expression, valence_arousal, action_units)
             lines = [ABAW_MTL_HEADER] + [f"{name},{row}" for name, row in zip(names, labels, strict=True)]
         write_text_atomically(root / ABAW_MTL_ANNOTATION_FILES[split], "\n".join(lines) + "\n")
+    return root
+
+
+def prepare_synthetic_root(root: str | os.PathLike, overwrite: bool) -> Path:
+    """The folder a generator writes into: created if needed; refused when it holds anything, unless `overwrite`."""
+    root = Path(root)
+    if root.is_file() or (root.is_dir() and any(root.iterdir()) and not overwrite):
+        raise FileExistsError(f"{root} is not an empty folder: choose another, or pass overwrite to write over it")
+    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -51,9 +51,16 @@ def _check_same_length(name: str, predictions: np.ndarray, references: np.ndarra
         )
 
 
+def _check_finite(values: np.ndarray, name: str) -> None:
+    """Predictions that count must be numbers: a NaN would silently score as a wrong (or right) answer."""
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(f"`{name}` holds NaN or infinite values where the labels are valid.")
+
+
 def _check_probabilities(probabilities: np.ndarray, name: str) -> None:
     # Thresholds live in probability space; comparing them with logits was a defect of the original code.
-    if probabilities.size and (np.nanmin(probabilities) < 0 or np.nanmax(probabilities) > 1):
+    _check_finite(probabilities, name)
+    if probabilities.size and (probabilities.min() < 0 or probabilities.max() > 1):
         raise ValueError(f"`{name}` must be probabilities in [0, 1] (apply a sigmoid to logits) or 0/1 decisions.")
 
 
@@ -125,6 +132,8 @@ def _au_thresholds(au_thresholds: Thresholds) -> np.ndarray:
         raise ValueError(
             f"`au_thresholds` must be None, a float or {NUM_ACTION_UNITS} floats, got shape {thresholds.shape}."
         )
+    if not (np.isfinite(thresholds).all() and (thresholds >= 0).all() and (thresholds <= 1).all()):
+        raise ValueError(f"`au_thresholds` must be probabilities in [0, 1], got {thresholds.tolist()}.")
     return thresholds
 
 
@@ -136,8 +145,15 @@ def _valence_arousal_cccs(predictions: ArrayLike, references: ArrayLike) -> tupl
     predictions = _as_numpy(predictions, "valence_arousal predictions", ndim=2, width=2)
     references = _as_numpy(references, "valence_arousal references", ndim=2, width=2)
     _check_same_length("valence_arousal", predictions, references)
+    in_range = ((references >= -1) & (references <= 1)) | (references == MISSING_VALENCE_AROUSAL)
+    if not in_range.all():
+        raise ValueError(
+            f"valence/arousal references must lie in [-1, 1] or be {MISSING_VALENCE_AROUSAL:g} (missing); found "
+            f"{references[~in_range][:5].tolist()}."
+        )
     # A sample counts only when both valence and arousal are labelled (ABAW marks them missing together).
     valid = np.all(references != MISSING_VALENCE_AROUSAL, axis=1)
+    _check_finite(predictions[valid], "valence_arousal predictions")
     num_valid = int(valid.sum())
     if num_valid == 0:
         _warn_no_valid("valence/arousal")
@@ -161,13 +177,18 @@ def _expression_f1s(predictions: ArrayLike, references: ArrayLike) -> tuple[np.n
     if num_valid == 0:
         _warn_no_valid("expression")
         return np.full(NUM_EXPRESSIONS, np.nan), 0
-    predictions, references = predictions[valid], references[valid]
-    if predictions_are_scores:
+    return _class_f1s(predictions[valid], references[valid], NUM_EXPRESSIONS, "expression"), num_valid
+
+
+def _class_f1s(predictions: np.ndarray, references: np.ndarray, num_classes: int, task: str) -> np.ndarray:
+    """Per-class F1 of labelled rows: predictions are indices or (N, classes) scores reduced by argmax."""
+    if predictions.ndim == 2:
+        _check_finite(predictions, f"{task} predictions")
         predictions = predictions.argmax(axis=1)
     for name, values in (("predictions", predictions), ("references", references)):
-        if not np.all(np.isin(values, np.arange(NUM_EXPRESSIONS))):
-            raise ValueError(f"`expression` {name} must be class indices in [0, {NUM_EXPRESSIONS}) where labelled.")
-    return multiclass_f1_scores(predictions, references, NUM_EXPRESSIONS), num_valid
+        if not np.all(np.isin(values, np.arange(num_classes))):
+            raise ValueError(f"`{task}` {name} must be class indices in [0, {num_classes}) where labelled.")
+    return multiclass_f1_scores(predictions, references, num_classes)
 
 
 def _action_unit_f1s(
@@ -268,6 +289,8 @@ def fit_au_thresholds(
     candidates = np.sort(np.asarray(DEFAULT_THRESHOLD_CANDIDATES if candidates is None else candidates, np.float64))
     if candidates.ndim != 1 or candidates.size == 0:
         raise ValueError("`candidates` must be a non-empty 1-D sequence of thresholds.")
+    if not (np.isfinite(candidates).all() and candidates[0] >= 0 and candidates[-1] <= 1):
+        raise ValueError("`candidates` must be probabilities in [0, 1].")
 
     f1 = binary_f1_scores(probabilities[None] >= candidates[:, None, None], references)  # (C, 12)
     is_best = f1 == f1.max(axis=0, keepdims=True)
@@ -275,3 +298,32 @@ def fit_au_thresholds(
     thresholds = candidates[closeness.argmax(axis=0)]
     thresholds[~valid.any(axis=0)] = DEFAULT_AU_THRESHOLD
     return thresholds
+
+
+def classification_scores(
+    predictions: ArrayLike, references: ArrayLike, class_names: Sequence[str]
+) -> dict[str, float]:
+    """Macro F1 (the ABAW EXPR and LSD score), accuracy and per-class F1 of a single-label task.
+
+    `predictions` are class indices (N,) or scores (N, classes); references are class indices with
+    `MISSING_EXPRESSION` (-1) for unlabelled rows, which are left out. NaN with a warning when no row is labelled.
+    """
+    num_classes = len(class_names)
+    predictions = np.asarray(predictions.detach().cpu() if isinstance(predictions, torch.Tensor) else predictions)
+    references = _as_numpy(references, "references", ndim=1)
+    _check_same_length("classification", predictions, references)
+    if predictions.ndim == 2 and predictions.shape[1] != num_classes:
+        raise ValueError(f"`predictions` must have {num_classes} scores per row, got {predictions.shape[1]}.")
+    valid = references != MISSING_EXPRESSION
+    if not valid.any():
+        _warn_no_valid("class")
+        return {"f1_macro": float("nan"), "accuracy": float("nan"), "num_samples": 0}
+    predictions, references = predictions[valid], references[valid].astype(np.int64)
+    f1 = _class_f1s(predictions, references, num_classes, "classification")
+    indices = predictions.argmax(axis=1) if predictions.ndim == 2 else predictions
+    return {
+        "f1_macro": float(f1.mean()),
+        "accuracy": float((indices == references).mean()),
+        **{f"f1_{name}": float(value) for name, value in zip(class_names, f1, strict=True)},
+        "num_samples": int(valid.sum()),
+    }

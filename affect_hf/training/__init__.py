@@ -1,23 +1,23 @@
-"""Training with Accelerate: `accelerate launch scripts/train.py --recipe emma ...`."""
+"""Training with Accelerate: `accelerate launch scripts/train.py --recipe {emma,mae,cotex,dan} ...`."""
 
-from .arguments import TrainArguments, parse_train_arguments
-from .loop import evaluate_model, predict, train
-from .optimization import layer_decay_parameter_groups
+from .arguments import RECIPE_NAMES, TrainingArguments, parse_train_arguments
+from .loop import NoModelSavedError, NonFiniteLossError, main, train
+from .optimization import layer_decay_parameter_groups, weight_decay_parameter_groups
 from .presets import EMMA_PRESETS, emma_config_from_preset
-
-
-def main(argv: list[str] | None = None) -> dict:
-    return train(parse_train_arguments(argv))
+from .recipes import get_recipe
 
 
 __all__ = [
     "EMMA_PRESETS",
-    "TrainArguments",
+    "RECIPE_NAMES",
+    "NoModelSavedError",
+    "NonFiniteLossError",
+    "TrainingArguments",
     "emma_config_from_preset",
-    "evaluate_model",
+    "get_recipe",
     "layer_decay_parameter_groups",
     "main",
     "parse_train_arguments",
-    "predict",
     "train",
+    "weight_decay_parameter_groups",
 ]

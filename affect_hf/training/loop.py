@@ -1,141 +1,57 @@
-"""The EMMA training loop on Accelerate: mixed precision, accumulation, distribution, exact resume."""
+"""The one training loop (how), for every recipe (what): Accelerate, accumulation, clipping, mixed precision,
+schedules, trackers, progress, atomic state saving, exact resume, model selection and pushing.
 
-import dataclasses
-import json
+`train(training_args, recipe_args)` returns the trainer state that is also written to
+`output_dir/training_history.json`. The loop knows nothing of the task: it logs every `*loss` field the model
+returns, asks the recipe to evaluate, and keeps the model the recipe's score selects.
+"""
+
+import contextlib
 import logging
 import math
-import os
-import re
-import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from modeling import EmmaForAffectAnalysis
-
-from ..data import AbawMtlTorchDataset, load_abaw_mtl
-from ..files import remove_stale_staging, replace_directory, write_text_atomically
-from ..hub import push_folder_to_hub, render_model_card, save_model_folder
-from ..labels import MISSING_ACTION_UNIT
-from ..metrics import abaw_mtl_score, fit_au_thresholds
-from .arguments import TrainArguments, resolve_mixed_precision
-from .optimization import layer_decay_parameter_groups
-from .presets import emma_config_from_preset
+from ..data.datasets import UNREADABLE_IMAGES_KEY
+from ..hub import push_folder_to_hub
+from .arguments import TrainingArguments, resolve_mixed_precision
+from .optimization import build_schedule
+from .recipes import Recipe, get_recipe
+from .recipes.base import Evaluation
+from .state import (
+    BEST_MODEL_DIR,
+    FIGURES_DIR,
+    HISTORY_FILE,
+    find_latest_state,
+    load_stream_state,
+    prepare_output_dir,
+    save_training_state,
+    select_resume_state,
+    write_history,
+)
 
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR_PATTERN = re.compile(r"^step_(\d+)$")
-TRAINER_STATE_FILE = "trainer_state.json"
-BEST_MODEL_DIR = "best_model"
-SELECTION_SCORE = "P_MTL"
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; raised on every process at the same step."""
 
 
-def build_model(args: TrainArguments) -> EmmaForAffectAnalysis:
-    """From a saved EMMA folder, from an MAE folder (+ a DAN folder), or a fresh preset."""
-    if args.model_name_or_path:
-        return EmmaForAffectAnalysis.from_pretrained(args.model_name_or_path, drop_path_rate=args.drop_path_rate)
-    if args.mae_path:
-        return EmmaForAffectAnalysis.from_pretrained_parts(
-            args.mae_path, args.cnn_path, drop_path_rate=args.drop_path_rate
-        )
-    return EmmaForAffectAnalysis(emma_config_from_preset(args.model_config, drop_path_rate=args.drop_path_rate))
+class NoModelSavedError(RuntimeError):
+    """The run ended without a saved model (every evaluation's score was NaN)."""
 
 
-def au_pos_weight_from_labels(action_units: np.ndarray) -> list[float]:
-    """Negatives / positives per AU over valid labels (1.0 where an AU has no positive or no negative)."""
-    valid = action_units != MISSING_ACTION_UNIT
-    positives = ((action_units == 1) & valid).sum(axis=0)
-    negatives = ((action_units == 0) & valid).sum(axis=0)
-    weights = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
-    return [float(weight) for weight in weights]
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator) -> tuple[dict, dict]:
-    """Predictions and references over a whole split, in order, gathered across processes."""
-    model.eval()
-    collected: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("va", "expression_logits", "au_probabilities", "ref_va", "ref_expression", "ref_au")
-    }
-    for batch in dataloader:
-        outputs = model(pixel_values=batch["pixel_values"])
-        gathered = accelerator.gather_for_metrics(
-            (
-                outputs.valence_arousal.float(),
-                outputs.logits.float(),
-                torch.sigmoid(outputs.au_logits.float()),
-                batch["valence_arousal"],
-                batch["expression"],
-                batch["action_units"],
-            )
-        )
-        for key, value in zip(collected, gathered, strict=True):
-            collected[key].append(value.cpu().numpy())
-    arrays = {key: np.concatenate(values) for key, values in collected.items()}
-    predictions = {
-        "valence_arousal": arrays["va"],
-        "expression": arrays["expression_logits"],
-        "action_units": arrays["au_probabilities"],
-    }
-    references = {
-        "valence_arousal": arrays["ref_va"],
-        "expression": arrays["ref_expression"],
-        "action_units": arrays["ref_au"],
-    }
-    return predictions, references
-
-
-def evaluate_model(
-    model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, au_thresholds: list[float]
-) -> tuple[dict[str, float], np.ndarray]:
-    """ABAW scores at the model's AU thresholds, plus P_AU / P_MTL with thresholds fitted on this split."""
-    predictions, references = predict(model, dataloader, accelerator)
-    scores = abaw_mtl_score(predictions, references, au_thresholds=au_thresholds)
-    fitted = fit_au_thresholds(predictions["action_units"], references["action_units"])
-    fitted_scores = abaw_mtl_score(predictions, references, au_thresholds=fitted)
-    scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
-    scores["P_MTL_fitted_thresholds"] = fitted_scores["P_MTL"]
-    return {key: float(value) for key, value in scores.items()}, fitted
-
-
-def find_latest_state(output_dir: Path) -> Path | None:
-    states_dir = output_dir / "checkpoints"
-    if not states_dir.is_dir():
-        return None
-    states = [(int(m.group(1)), path) for path in states_dir.iterdir() if (m := STATE_DIR_PATTERN.match(path.name))]
-    return max(states)[1] if states else None
-
-
-def save_training_state(accelerator: Accelerator, output_dir: Path, trainer_state: dict, total_limit: int) -> None:
-    """Accelerate state + our counters, written to a staging folder then renamed: a crash never leaves half a state."""
-    states_dir = output_dir / "checkpoints"
-    final = states_dir / f"step_{trainer_state['global_step']:08d}"
-    if accelerator.is_main_process:
-        states_dir.mkdir(parents=True, exist_ok=True)
-    # Every process writes its part into the same staging folder, so its name is fixed, not random.
-    staging = states_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        remove_stale_staging(states_dir, "step_*")
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
-        replace_directory(staging, final)
-        states = sorted(path for path in states_dir.iterdir() if STATE_DIR_PATTERN.match(path.name))
-        for old in states[: max(0, len(states) - total_limit)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def make_accelerator(args: TrainArguments) -> Accelerator:
+def make_accelerator(args: TrainingArguments, project_name: str) -> Accelerator:
     report_to = None if args.report_to == "none" else args.report_to
     if report_to == "tensorboard":
         try:
@@ -145,229 +61,472 @@ def make_accelerator(args: TrainArguments) -> Accelerator:
             report_to = None
     return Accelerator(
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to,
         project_dir=args.output_dir,
+        # The loop steps the schedule once per optimiser step itself, whatever the number of processes.
+        step_scheduler_with_optimizer=False,
         # A sampler seeded by (seed, epoch): the resumed epoch visits the samples in the same order.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 
 
-def train(args: TrainArguments) -> dict:
-    """Train EMMA; the best model by P_MTL is saved under `output_dir/best_model`.
+class _MapStyleBatches:
+    """A shuffled map-style dataset, sharded by Accelerate; resumed by skipping the consumed batches' indices."""
 
-    Returns the trainer state: `best_scores`, `best_epoch`, `global_step` and the per-epoch `history`.
+    def __init__(self, dataset, dataloader, accelerator: Accelerator):
+        self.dataset, self.dataloader, self.accelerator = dataset, dataloader, accelerator
+        self.batches_per_epoch = len(dataloader)
+
+    def epoch(self, epoch: int, consumed: int, stream_state: dict | None) -> Iterator[dict]:
+        self.dataset.set_epoch(epoch)
+        self.dataloader.set_epoch(epoch)
+        yield from self.accelerator.skip_first_batches(self.dataloader, consumed) if consumed else self.dataloader
+
+    def state(self) -> None:
+        return None
+
+
+class _StreamBatches:
+    """An `ImageStream` for this process: a fixed number of batches per epoch on every process, resumable."""
+
+    def __init__(self, stream, accelerator: Accelerator, batch_size: int, num_workers: int, collate_fn):
+        self.stream, self.accelerator = stream, accelerator
+        self.batch_size, self.num_workers, self.collate_fn = batch_size, num_workers, collate_fn
+        self.batches_per_epoch = stream.batches_per_epoch(batch_size, accelerator.num_processes)
+        self.loader = None
+
+    def epoch(self, epoch: int, consumed: int, stream_state: dict | None) -> Iterator[dict]:
+        self.loader = self.stream.dataloader(
+            epoch,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
+        if stream_state is not None:
+            self.loader.load_state_dict(stream_state)
+        for position, batch in enumerate(self.loader, start=consumed):
+            if position >= self.batches_per_epoch:
+                break
+            yield send_to_device(batch, self.accelerator.device)
+
+    def state(self) -> dict | None:
+        return self.loader.state_dict() if self.loader is not None else None
+
+
+class _LossWindow:
+    """Sums of every `*loss` output and of unreadable images over an accumulation window, on this process."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.micro_batches = 0
+        self.unreadable = 0
+
+    def add(self, outputs, unreadable: int) -> None:
+        for name, value in outputs.items():
+            if name.endswith("loss") and isinstance(value, torch.Tensor) and value.ndim == 0:
+                self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        self.micro_batches += 1
+        self.unreadable += unreadable
+
+    def reduce(self, accelerator: Accelerator) -> tuple[dict[str, float], int]:
+        """Means over the window and all processes, and the processes' total of unreadable images (one collective)."""
+        names = sorted(self.sums)
+        values = torch.stack([self.sums[name] for name in names] + [torch.tensor(float(self.unreadable))])
+        totals = accelerator.reduce(values.to(accelerator.device), reduction="sum").tolist()
+        count = self.micro_batches * accelerator.num_processes
+        means = {name: total / count for name, total in zip(names, totals, strict=False)}
+        self.sums, self.micro_batches, self.unreadable = {}, 0, 0
+        return means, int(round(totals[-1]))
+
+
+def _raise_on_every_process(accelerator: Accelerator, error: BaseException | None) -> None:
+    """Collective error: if any process failed, every process raises (the failed one its own error)."""
+    failed = accelerator.gather(torch.tensor([error is not None], device=accelerator.device)).any().item()
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError("another process failed (see its error above)")
+
+
+def _check_evaluation_images(dataset, args: TrainingArguments, accelerator: Accelerator) -> None:
+    """Decode every validation image once before training, so a bad file fails now, not after an epoch."""
+    indices = range(accelerator.process_index, len(dataset), accelerator.num_processes)
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=32, num_workers=args.num_workers, collate_fn=len
+    )
+    error = None
+    try:
+        for _ in loader:
+            pass
+    except OSError as caught:
+        error = OSError(f"a validation image cannot be read: {caught}")
+    _raise_on_every_process(accelerator, error)
+
+
+class _Run:
+    """One training run: the state shared by the loop's steps (kept small; the loop reads top to bottom)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.args = recipe.args
+        self.output_dir = Path(self.args.output_dir)
+        self.trainer_state: dict[str, Any] = {
+            "global_step": 0,
+            "epoch": 0,
+            "batches_in_epoch": 0,
+            "best_score": None,
+            "best_epoch": None,
+            "best_step": None,
+            "best_scores": None,
+            "saved_model_step": None,
+            "unreadable_images": 0,
+            "history": [],
+            "status": "running",
+        }
+
+    # ------------------------------------------------------------------ records
+
+    def write_history(self, accelerator: Accelerator) -> None:
+        if accelerator.is_main_process:
+            write_history(self.output_dir, self.trainer_state)
+
+    def fail(self, accelerator: Accelerator, error: BaseException) -> None:
+        self.trainer_state["status"] = f"failed: {error}"
+        self.write_history(accelerator)
+
+    # ------------------------------------------------------------------ evaluation and selection
+
+    def evaluate(self, model, eval_dataloader, accelerator: Accelerator, epoch: int, learning_rate: float | None):
+        state = self.trainer_state
+        evaluation = (
+            self.recipe.evaluate(model, eval_dataloader, accelerator)
+            if eval_dataloader is not None
+            else Evaluation(scores={})
+        )
+        scores = {name: float(value) for name, value in evaluation.scores.items()}
+        step = state["global_step"]
+        if scores:
+            accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=step)
+        entry = {"epoch": epoch, "step": step, **scores, "unreadable_images": state["unreadable_images"]}
+        if learning_rate is not None:
+            entry["learning_rate"] = learning_rate
+        state["history"].append(entry)
+        if accelerator.is_main_process:
+            self.save_figures(evaluation, accelerator, step)
+            shown = {key: round(value, 4) for key, value in scores.items() if not key.startswith("num_")}
+            logger.info("evaluation at step %d (epoch %d): %s", step, epoch, shown)
+        return evaluation
+
+    def save_figures(self, evaluation: Evaluation, accelerator: Accelerator, step: int) -> None:
+        for name, image in evaluation.images.items():
+            path = self.output_dir / FIGURES_DIR / f"{name}_step{step:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".{path.name}.tmp")
+            image.save(staging, format="PNG")
+            staging.replace(path)
+        for tracker in accelerator.trackers:
+            if evaluation.images and hasattr(tracker, "log_images"):
+                if tracker.name == "tensorboard":
+                    arrays = {name: np.asarray(image)[None] for name, image in evaluation.images.items()}
+                    tracker.log_images(arrays, step=step, dataformats="NHWC")
+                else:
+                    tracker.log_images({name: [image] for name, image in evaluation.images.items()}, step=step)
+
+    def keep_if_selected(self, evaluation: Evaluation, unwrapped, accelerator: Accelerator, epoch: int) -> None:
+        """Save the model when the recipe's score improves (or always, for recipes that keep the last)."""
+        state, recipe = self.trainer_state, self.recipe
+        selection = recipe.selection_score
+        score = evaluation.scores.get(selection) if selection else None
+        if selection is not None:
+            if score is None or math.isnan(score):
+                logger.warning(
+                    "step %d: %s is NaN or missing; it cannot select the model", state["global_step"], selection
+                )
+                return
+            best = state["best_score"]
+            improved = best is None or (score > best if recipe.greater_is_better else score < best)
+            if not improved:
+                return
+            state.update(best_score=score)
+        state.update(
+            best_epoch=epoch,
+            best_step=state["global_step"],
+            best_scores=dict(evaluation.scores),
+            saved_model_step=state["global_step"],
+        )
+        if accelerator.is_main_process:
+            recipe.save_model(unwrapped, self.output_dir / BEST_MODEL_DIR, evaluation, recipe.run_config())
+        accelerator.wait_for_everyone()
+
+
+def _fingerprint(recipe: Recipe, effective_batch: int, learning_rate: float, total_steps: int, steps_per_epoch: int,
+                 num_processes: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "recipe": recipe.name,
+        "effective_batch_size": effective_batch,
+        "num_processes": num_processes,
+        "learning_rate": learning_rate,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "seed": recipe.args.seed,
+    }
+
+
+def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
+    """Train with `training_args.recipe`; the selected model is saved under `output_dir/best_model`.
+
+    Returns the trainer state (`history`, `best_scores`, `global_step`, ...), also written to
+    `output_dir/training_history.json` after every evaluation. Raises `NonFiniteLossError` (every process, same
+    step) when the loss stops being finite, and `NoModelSavedError` when the run saved no model.
     """
-    accelerator = make_accelerator(args)
-    set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    logging.basicConfig(level=logging.WARNING)
+    recipe_class = get_recipe(training_args.recipe)
+    recipe = recipe_class(training_args, recipe_args if recipe_args is not None else recipe_class.arguments_class())
+    args = recipe.args
+    run = _Run(recipe)
+    output_dir = run.output_dir
+
+    accelerator = make_accelerator(args, recipe.name)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    error = None
+    if accelerator.is_main_process:
+        try:
+            prepare_output_dir(
+                output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir, extra_artifacts=(recipe.name,)
+            )
+        except (OSError, ValueError) as caught:
+            error = caught
+    _raise_on_every_process(accelerator, error)
+    set_seed(args.seed)
 
-    model = build_model(args)
-    if model.cnn is not None:
-        # oneDNN's convolutions are fastest on NHWC; the saved weights are the same numbers either way.
-        model.cnn.to(memory_format=torch.channels_last)
-    image_size = model.config.image_size
-    train_split = load_abaw_mtl(args.data_dir, "train")
-    eval_split = load_abaw_mtl(args.data_dir, "validation")
-    if args.max_train_samples is not None:
-        train_split = train_split.select(range(min(args.max_train_samples, len(train_split))))
-    if args.max_eval_samples is not None:
-        eval_split = eval_split.select(range(min(args.max_eval_samples, len(eval_split))))
-    if args.au_pos_weight == "data":
-        model.config.au_pos_weight = au_pos_weight_from_labels(np.asarray(train_split["action_units"]))
+    model = recipe.build_model()
+    data = recipe.build_data(model, accelerator)
+    if data.evaluation is not None and not args.eval_on_start:
+        _check_evaluation_images(data.evaluation, args, accelerator)
 
-    train_dataset = AbawMtlTorchDataset(train_split, image_size=image_size, train=True, seed=args.seed)
-    eval_dataset = AbawMtlTorchDataset(eval_split, image_size=image_size, train=False, seed=args.seed)
-    # Each loader draws its workers' base seed from its own generator, not from the global RNG: otherwise
-    # re-creating the loader on resume would shift the random stream that dropout and drop path use.
-    train_dataloader = DataLoader(
-        train_dataset,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    eval_dataloader = DataLoader(
-        eval_dataset,
-        batch_size=args.per_device_eval_batch_size,
-        shuffle=False,
-        num_workers=args.num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(train_dataloader) == 0:
+    if hasattr(data.train, "batches_per_epoch"):
+        train_batches = _StreamBatches(
+            data.train, accelerator, args.per_device_train_batch_size, args.num_workers, data.collate_fn
+        )
+    else:
+        # Each loader draws its workers' base seed from its own generator, not from the global RNG: otherwise
+        # re-creating the loader on resume would shift the random stream that dropout and drop path use.
+        train_dataloader = DataLoader(
+            data.train,
+            batch_size=args.per_device_train_batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.num_workers,
+            collate_fn=data.collate_fn,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        # Count batches on the prepared loader: it holds this process's share.
+        train_batches = _MapStyleBatches(data.train, accelerator.prepare(train_dataloader), accelerator)
+    if train_batches.batches_per_epoch == 0:
         raise ValueError(
-            f"the training split ({len(train_dataset)} samples) is smaller than one batch "
-            f"({args.per_device_train_batch_size})"
+            f"the training data ({data.description or 'train split'}) is smaller than one batch of "
+            f"{args.per_device_train_batch_size} per process x {accelerator.num_processes} processes"
+        )
+    eval_dataloader = None
+    if data.evaluation is not None:
+        eval_dataloader = accelerator.prepare(
+            DataLoader(
+                data.evaluation,
+                batch_size=args.per_device_eval_batch_size,
+                shuffle=False,
+                num_workers=args.num_workers,
+                collate_fn=data.eval_collate_fn,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
         )
 
-    effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch / 256
-    parameter_groups = layer_decay_parameter_groups(
-        model, learning_rate, args.weight_decay, args.layer_decay, model.config.vit_config.num_hidden_layers
+    accumulation = args.gradient_accumulation_steps
+    micro_batches_per_epoch = train_batches.batches_per_epoch
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / accumulation)
+    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    effective_batch = args.per_device_train_batch_size * accumulation * accelerator.num_processes
+    learning_rate = args.learning_rate if args.learning_rate is not None else (
+        args.base_learning_rate * effective_batch / 256
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        recipe.parameter_groups(model, learning_rate), lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2)
     )
-    optimizer = torch.optim.AdamW(parameter_groups, lr=learning_rate, betas=(0.9, 0.999))
-
-    # Count steps on the prepared loader: it holds this process's share of the batches.
-    train_dataloader, eval_dataloader = accelerator.prepare(train_dataloader, eval_dataloader)
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
-    # Accelerate steps a prepared scheduler once per process at each optimiser step: size it in those units.
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+    scheduler = build_schedule(
         optimizer,
-        num_warmup_steps=round(args.warmup_epochs * steps_per_epoch) * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes,
+        args.lr_schedule,
+        warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
         min_lr_rate=min(1.0, args.min_learning_rate / learning_rate),
+        gamma=args.lr_gamma,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
-    trainer_state = {
-        "global_step": 0,
-        "epoch": 0,
-        "batches_in_epoch": 0,
-        "best_score": None,
-        "best_epoch": None,
-        "best_scores": None,
-        "history": [],
-    }
-    if args.resume_from_checkpoint:
-        state_path = (
-            find_latest_state(output_dir)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if state_path is None or not (state_path / TRAINER_STATE_FILE).is_file():
-            raise FileNotFoundError(f"no training state to resume from: {args.resume_from_checkpoint} in {output_dir}")
-        accelerator.load_state(str(state_path))
-        with open(state_path / TRAINER_STATE_FILE, encoding="utf-8") as handle:
-            trainer_state = json.load(handle)
-        logger.info("resumed from %s at step %d", state_path, trainer_state["global_step"])
-
-    run_config = {k: v for k, v in dataclasses.asdict(args).items() if k != "hub_token"}
-    tracker_config = {key: value for key, value in run_config.items() if isinstance(value, (int, float, str, bool))}
-    accelerator.init_trackers("emma", config=tracker_config)
-    progress = tqdm(
-        total=max_steps,
-        initial=trainer_state["global_step"],
-        desc="training",
-        disable=not accelerator.is_local_main_process,
+    fingerprint = _fingerprint(
+        recipe, effective_batch, learning_rate, total_steps, steps_per_epoch, accelerator.num_processes
     )
-    save_steps = args.save_steps if args.save_steps > 0 else None
-    if args.eval_on_start and trainer_state["global_step"] == 0:
-        scores, _ = evaluate_model(model, eval_dataloader, accelerator, unwrapped.config.au_thresholds)
-        trainer_state["history"].append({"epoch": -1, "step": 0, **scores})
-        accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=0)
+    run.trainer_state["run"] = fingerprint
+    stream_state = None
+    if args.resume_from_checkpoint:
+        state_path, saved_state = select_resume_state(output_dir, args.resume_from_checkpoint, fingerprint)
+        accelerator.load_state(str(state_path))
+        run.trainer_state.update(saved_state, status="running")
+        stream_state = load_stream_state(state_path, accelerator.process_index)
+        logger.info("resumed from %s at step %d", state_path, saved_state["global_step"])
+    state = run.trainer_state
+    logger.info(
+        "%s: %s; %d processes x %d per device x %d accumulation = effective batch %d; learning rate %.3g "
+        "(%s schedule, %.3g epochs of warmup); %d optimiser steps per epoch, %d steps (%d epochs)",
+        recipe.name,
+        data.description,
+        accelerator.num_processes,
+        args.per_device_train_batch_size,
+        accumulation,
+        effective_batch,
+        learning_rate,
+        args.lr_schedule,
+        args.warmup_epochs,
+        steps_per_epoch,
+        total_steps,
+        num_epochs,
+    )
 
-    for epoch in range(trainer_state["epoch"], num_epochs):
-        if trainer_state["global_step"] >= max_steps:
-            break
-        model.train()
-        train_dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
-        skipped = trainer_state["batches_in_epoch"] if epoch == trainer_state["epoch"] else 0
-        batches = accelerator.skip_first_batches(train_dataloader, skipped) if skipped else train_dataloader
-        trainer_state["epoch"], trainer_state["batches_in_epoch"] = epoch, skipped
-        for batch in batches:
-            with accelerator.accumulate(model):
-                outputs = model(**batch)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
+    tracker_config = {
+        key: value for key, value in recipe.run_config().items() if isinstance(value, (int, float, str, bool))
+    }
+    accelerator.init_trackers(recipe.name, config=tracker_config)
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc=recipe.name,
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+
+    def evaluate_and_select(epoch: int) -> None:
+        evaluation = run.evaluate(model, eval_dataloader, accelerator, epoch, scheduler.get_last_lr()[-1])
+        run.keep_if_selected(evaluation, unwrapped, accelerator, epoch)
+        run.write_history(accelerator)
+
+    def save_state() -> None:
+        save_training_state(accelerator, output_dir, state, args.save_total_limit, train_batches.state())
+
+    try:
+        if args.eval_on_start and state["global_step"] == 0 and not state["history"]:
+            run.evaluate(model, eval_dataloader, accelerator, -1, None)
+            run.write_history(accelerator)
+
+        window = _LossWindow()
+        interval: dict[str, list[float]] = {}
+        started = time.perf_counter()
+        for epoch in range(state["epoch"], num_epochs):
+            if state["global_step"] >= total_steps:
+                break
+            model.train()
+            consumed = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+            state["epoch"], state["batches_in_epoch"] = epoch, consumed
+            evaluated_at = None
+            for batch in train_batches.epoch(epoch, consumed, stream_state if consumed else None):
+                unreadable = int(batch.pop(UNREADABLE_IMAGES_KEY, 0))
+                position = state["batches_in_epoch"]
+                window_start = position - position % accumulation
+                window_end = min(window_start + accumulation, micro_batches_per_epoch)
+                last_in_window = position + 1 == window_end
+                # Gradients are all-reduced only on a window's last micro-batch.
+                sync = contextlib.nullcontext() if last_in_window else accelerator.no_sync(model)
+                with sync:
+                    outputs = model(**batch)
+                    accelerator.backward(outputs.loss / (window_end - window_start))
+                window.add(outputs, unreadable)
+                state["batches_in_epoch"] += 1
+                if not last_in_window:
+                    continue
+
+                losses, window_unreadable = window.reduce(accelerator)
+                step = state["global_step"] + 1
+                state["unreadable_images"] += window_unreadable
+                if not math.isfinite(losses["loss"]):
+                    raise NonFiniteLossError(
+                        f"the training loss is {losses['loss']} at step {step} (epoch {epoch}; losses {losses}): "
+                        f"training stopped. The last good state ({find_latest_state(output_dir)}) and the saved "
+                        f"model ({output_dir / BEST_MODEL_DIR}) are untouched; lower the learning rate or check "
+                        "the data, then resume or start again"
+                    )
+                if args.max_bad_images is not None and state["unreadable_images"] > args.max_bad_images:
+                    raise OSError(
+                        f"{state['unreadable_images']} training images could not be decoded by step {step}, more "
+                        f"than --max_bad_images {args.max_bad_images} (their paths are in the warnings above)"
+                    )
+                if args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                optimizer.zero_grad()
-            trainer_state["batches_in_epoch"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            trainer_state["global_step"] += 1
-            step = trainer_state["global_step"]
-            progress.update(1)
-            if step % args.logging_steps == 0 or step == max_steps:
-                logs = {
-                    "train/loss": outputs.loss.item(),
-                    "train/va_loss": outputs.va_loss.item(),
-                    "train/expression_loss": outputs.expression_loss.item(),
-                    "train/au_loss": outputs.au_loss.item(),
-                    "train/learning_rate": scheduler.get_last_lr()[-1],
-                }
-                accelerator.log(logs, step=step)
-                progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
-            if save_steps and step % save_steps == 0 and step < max_steps:
-                save_training_state(accelerator, output_dir, trainer_state, args.save_total_limit)
-            if step >= max_steps:
-                break
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] = step
+                progress.update(1)
+                for name, value in losses.items():
+                    interval.setdefault(name, []).append(value)
+                if step % args.logging_steps == 0 or step == total_steps:
+                    logs = {f"train/{name}": float(np.mean(values)) for name, values in interval.items()}
+                    logs["train/learning_rate"] = scheduler.get_last_lr()[-1]
+                    logs["train/unreadable_images"] = state["unreadable_images"]
+                    logs["train/images_per_second"] = (
+                        len(interval["loss"]) * effective_batch / max(time.perf_counter() - started, 1e-9)
+                    )
+                    accelerator.log(logs, step=step)
+                    progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                    interval, started = {}, time.perf_counter()
+                if args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
+                    evaluate_and_select(epoch)
+                    evaluated_at = step
+                    model.train()
+                if args.save_steps and step % args.save_steps == 0 and step < total_steps:
+                    save_state()
+                if step >= total_steps:
+                    break
 
-        scores, fitted_thresholds = evaluate_model(model, eval_dataloader, accelerator, unwrapped.config.au_thresholds)
-        accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=trainer_state["global_step"])
-        trainer_state["history"].append(
-            {
-                "epoch": epoch,
-                "step": trainer_state["global_step"],
-                "learning_rate": scheduler.get_last_lr()[-1],
-                **scores,
-            }
-        )
-        if accelerator.is_main_process:
-            logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in scores.items() if k.startswith("P_")})
-        score = scores[SELECTION_SCORE]
-        if math.isnan(score):
-            logger.warning("epoch %d: %s is NaN; this epoch cannot become the best model", epoch, SELECTION_SCORE)
-        elif trainer_state["best_score"] is None or score > trainer_state["best_score"]:
-            trainer_state.update(best_score=score, best_epoch=epoch, best_scores=scores)
-            save_best_model(accelerator, unwrapped, output_dir, scores, fitted_thresholds, run_config, args)
-        trainer_state["epoch"], trainer_state["batches_in_epoch"] = epoch + 1, 0
-        save_training_state(accelerator, output_dir, trainer_state, args.save_total_limit)
+            if evaluated_at != state["global_step"]:
+                evaluate_and_select(epoch)
+            state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+            stream_state = None
+            save_state()
+    except BaseException as caught:
+        run.fail(accelerator, caught)
+        progress.close()
+        accelerator.end_training()
+        raise
 
     progress.close()
-    if accelerator.is_main_process:
-        write_text_atomically(output_dir / "training_history.json", json.dumps(trainer_state, indent=2))
-        if trainer_state["best_score"] is None:
-            logger.warning("no epoch had a finite %s: nothing saved as %s", SELECTION_SCORE, BEST_MODEL_DIR)
-        elif args.push_to_hub:
-            url = push_folder_to_hub(
-                output_dir / BEST_MODEL_DIR,
-                args.hub_model_id,
-                token=args.hub_token,
-                private=args.hub_private_repo,
-                commit_message=f"EMMA, best {SELECTION_SCORE} {trainer_state['best_score']:.4f}",
-            )
-            logger.info("pushed %s", url)
+    if state["saved_model_step"] is None:
+        error = NoModelSavedError(
+            f"no model was saved: every evaluation's {recipe.selection_score} was NaN (see {output_dir / HISTORY_FILE})"
+        )
+        run.fail(accelerator, error)
+        accelerator.end_training()
+        raise error
+    state["status"] = "completed"
+    run.write_history(accelerator)
+    if accelerator.is_main_process and args.push_to_hub:
+        score = state["best_score"]
+        message = f"{recipe.name}: best {recipe.selection_score} {score:.4f}" if score is not None else recipe.name
+        url = push_folder_to_hub(
+            output_dir / BEST_MODEL_DIR,
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            commit_message=message,
+        )
+        logger.info("pushed %s", url)
     accelerator.wait_for_everyone()
     # Last: in distributed runs this also tears down the process group.
     accelerator.end_training()
-    return trainer_state
+    return state
 
 
-def save_best_model(
-    accelerator: Accelerator,
-    model: EmmaForAffectAnalysis,
-    output_dir: Path,
-    scores: dict[str, float],
-    fitted_thresholds: np.ndarray,
-    run_config: dict,
-    args: TrainArguments,
-) -> None:
-    if not accelerator.is_main_process:
-        return
-    thresholds = model.config.au_thresholds
-    note = "AU decisions at the config's thresholds."
-    if args.fit_au_thresholds:
-        model.config.au_thresholds = [float(value) for value in fitted_thresholds]
-        note = (
-            "AU thresholds were fitted on this validation split (P_AU_fitted_thresholds): the scores at those "
-            "thresholds are optimistic."
-        )
-    card = render_model_card(
-        model,
-        scores=scores,
-        training_arguments=run_config,
-        repo_id=args.hub_model_id,
-        data_dir=os.path.basename(os.path.abspath(args.data_dir)),
-        data_note=note,
-    )
-    save_model_folder(model, output_dir / BEST_MODEL_DIR, card)
-    model.config.au_thresholds = thresholds
+def main(argv: list[str] | None = None) -> dict:
+    from .arguments import parse_train_arguments
+
+    training_args, recipe_args = parse_train_arguments(argv)
+    return train(training_args, recipe_args)
+
+
+__all__ = ["NoModelSavedError", "NonFiniteLossError", "main", "make_accelerator", "train"]

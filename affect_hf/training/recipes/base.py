@@ -1,0 +1,104 @@
+"""What a recipe supplies to the one training loop.
+
+A recipe says *what* is trained: its argument dataclass, its defaults for the loop's arguments, the model, the
+datasets, the optimiser's parameter groups, the evaluation and the score that selects the saved model, and what
+a saved folder holds. The loop (`affect_hf.training.loop`) says *how*, identically for every recipe.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import PIL.Image
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel
+
+from ...data.datasets import collate_skipping_unreadable
+from ..arguments import TrainingArguments
+from ..optimization import weight_decay_parameter_groups
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation found: scores (logged, kept in the history, shown on the card), figures, and extras the
+    recipe wants back when it saves the model (EMMA's fitted AU thresholds)."""
+
+    scores: dict[str, float]
+    images: dict[str, PIL.Image.Image] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecipeData:
+    """The datasets of a run.
+
+    `train` is a map-style torch dataset (shuffled by a seeded sampler and sharded by Accelerate) or an
+    `ImageStream` (a `datasets` streaming source, sharded by node and worker, resumed from its position).
+    Training items may be unreadable-image markers (see `affect_hf.data.datasets`). `evaluation` is read in
+    order, whole, at every evaluation; None when the recipe has nothing to evaluate.
+    """
+
+    train: Any
+    evaluation: torch.utils.data.Dataset | None = None
+    collate_fn: Callable = collate_skipping_unreadable
+    eval_collate_fn: Callable | None = None
+    description: str = ""
+
+
+class Recipe:
+    """Base of the recipes; subclasses set the class attributes and implement the `build_*` methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    arguments_class: ClassVar[type]
+    # The score that selects the saved model; None keeps the last evaluated (or, without evaluation, the last) model.
+    selection_score: ClassVar[str | None] = None
+    greater_is_better: ClassVar[bool] = True
+
+    def __init__(self, training_args: TrainingArguments, recipe_args: Any):
+        self.recipe_args = recipe_args
+        self.args = training_args.with_defaults(self.loop_defaults(recipe_args))
+        if self.args.unset_fields:
+            raise ValueError(f"the {self.name} recipe gives no default for {self.args.unset_fields}")
+        self.check_arguments()
+
+    @classmethod
+    def loop_defaults(cls, recipe_args: Any) -> dict[str, Any]:
+        """Defaults of the loop's recipe-dependent arguments (learning rate, epochs, batch, betas ...)."""
+        raise NotImplementedError
+
+    def check_arguments(self) -> None:
+        """Refuse combinations of options that cannot mean what the user wants."""
+
+    def build_model(self) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def build_data(self, model: PreTrainedModel, accelerator: Accelerator) -> RecipeData:
+        raise NotImplementedError
+
+    def parameter_groups(self, model: PreTrainedModel, learning_rate: float) -> list[dict]:
+        """The optimiser's groups (each with `lr`): by default no weight decay on biases, norms and embeddings."""
+        return weight_decay_parameter_groups(model, learning_rate, self.args.weight_decay)
+
+    def evaluate(self, model: torch.nn.Module, dataloader, accelerator: Accelerator) -> Evaluation:
+        raise NotImplementedError
+
+    def save_model(
+        self, model: PreTrainedModel, folder: Path, evaluation: Evaluation | None, run_config: dict[str, Any]
+    ) -> None:
+        """Write the Hub-ready folder (weights, config, code, processor, card); main process only."""
+        raise NotImplementedError
+
+    def run_config(self) -> dict[str, Any]:
+        """Every option of the run (the token left out), for the tracker, the history and the card."""
+        config = {key: value for key, value in asdict(self.args).items() if key != "hub_token"}
+        config.update(asdict(self.recipe_args))
+        return config
+
+
+def data_folder_name(path: str | os.PathLike) -> str:
+    """The name a card shows for a data folder (never a full local path)."""
+    return os.path.basename(os.path.abspath(path))

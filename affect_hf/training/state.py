@@ -1,0 +1,222 @@
+"""The run's record on disk: the output folder, training states (saved atomically, validated, resumed), history.
+
+```
+output_dir/
+  training_history.json      history (one entry per evaluation), best scores, bad-image count, status
+  best_model/                the Hub-ready folder (best by the recipe's score, or the last)
+  checkpoints/step_00001234/ Accelerate state + trainer_state.json (+ stream positions, one file per process)
+  figures/                   PNGs written by evaluations (MAE reconstructions)
+  <recipe>/                  tracker logs (TensorBoard)
+```
+"""
+
+import json
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from safetensors import safe_open
+
+from ..files import remove_stale_staging, replace_directory, restore_directory, write_text_atomically
+
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_MODEL_DIR = "best_model"
+FIGURES_DIR = "figures"
+HISTORY_FILE = "training_history.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+STREAM_STATE_FILE = "stream_state_{rank}.json"
+STATE_PREFIX = "step_"
+# What a run writes in its output folder; `--overwrite_output_dir` deletes exactly these (and the tracker folder).
+RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_MODEL_DIR, FIGURES_DIR, HISTORY_FILE)
+# What must not change when a run is resumed: otherwise the schedule, the data order or the model would not be
+# those of the interrupted run.
+RESUME_FINGERPRINT_KEYS = (
+    "recipe",
+    "effective_batch_size",
+    "num_processes",
+    "learning_rate",
+    "total_steps",
+    "steps_per_epoch",
+    "seed",
+)
+
+
+class CorruptStateError(RuntimeError):
+    """A saved training state that cannot be read back."""
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, extra_artifacts: tuple[str, ...] = ()) -> None:
+    """Check the output folder before anything trains: writable, and not holding another run unless asked.
+
+    A best model left hidden by a crash between the two renames of an atomic replace is put back first.
+    """
+    restore_directory(output_dir / BEST_MODEL_DIR)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"output_dir {output_dir} is not empty: pass --resume_from_checkpoint latest to continue the run it "
+                "holds, --overwrite_output_dir to replace it, or another --output_dir"
+            )
+        for name in RUN_ARTIFACTS + extra_artifacts:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"output_dir {output_dir} is not writable: {error}") from error
+
+
+def state_dirs(output_dir: Path) -> list[Path]:
+    """Saved training states, newest first."""
+    states_dir = output_dir / CHECKPOINTS_DIR
+    if not states_dir.is_dir():
+        return []
+    states = [
+        path
+        for path in states_dir.iterdir()
+        if path.is_dir() and path.name.startswith(STATE_PREFIX) and path.name[len(STATE_PREFIX) :].isdigit()
+    ]
+    return sorted(states, key=lambda path: int(path.name[len(STATE_PREFIX) :]), reverse=True)
+
+
+def find_latest_state(output_dir: Path) -> Path | None:
+    states = state_dirs(output_dir)
+    return states[0] if states else None
+
+
+def validate_state_dir(path: Path) -> dict[str, Any]:
+    """Read `trainer_state.json` and check every saved file without unpickling anything; return the trainer state.
+
+    torch-saved files are zip archives whose members carry CRCs; safetensors files have a header that must match
+    their length. A failure raises `CorruptStateError` naming the file.
+    """
+    state_file = path / TRAINER_STATE_FILE
+    try:
+        trainer_state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CorruptStateError(f"{state_file}: {error}") from error
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), "pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                with zipfile.ZipFile(file) as archive:
+                    broken = archive.testzip()
+                if broken is not None:
+                    raise CorruptStateError(f"member {broken} fails its CRC check")
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+        except Exception as error:  # noqa: BLE001 (any failure to read is a corrupt file)
+            raise CorruptStateError(f"{file}: {error}") from error
+    return trainer_state
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in RESUME_FINGERPRINT_KEYS
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def select_resume_state(output_dir: Path, request: str, fingerprint: dict[str, Any]) -> tuple[Path, dict]:
+    """The state to resume from and its trainer state.
+
+    `latest` tries the newest state, then older ones, with a warning naming each corrupt state; an explicit path
+    that is corrupt is an error that offers the intact states. A state of a run with another recipe, effective
+    batch, learning rate or length is refused, naming the differences.
+    """
+    candidates = state_dirs(output_dir) if request == "latest" else [Path(request)]
+    if not candidates or not (candidates[0] / TRAINER_STATE_FILE).is_file() and request != "latest":
+        raise FileNotFoundError(f"no training state to resume from: {request} in {output_dir}")
+    problems = []
+    for path in candidates:
+        try:
+            trainer_state = validate_state_dir(path)
+        except CorruptStateError as error:
+            problems.append(str(error))
+            if request != "latest":
+                intact = [str(other) for other in state_dirs(output_dir) if other != path and _is_intact(other)]
+                offer = f"; intact earlier states: {', '.join(intact)}" if intact else ""
+                raise CorruptStateError(f"cannot resume from {path}: {error}{offer}") from error
+            logger.warning("training state %s is corrupt (%s); trying an earlier one", path, error)
+            continue
+        differences = fingerprint_differences(trainer_state.get("run", {}), fingerprint)
+        if differences:
+            raise ValueError(
+                f"cannot resume from {path}: this run differs from the saved one ({'; '.join(differences)}); resume "
+                "with the same options, or start a new run in another --output_dir"
+            )
+        if problems:
+            logger.warning("resuming from the earlier intact state %s", path)
+        return path, trainer_state
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise FileNotFoundError(f"no intact training state to resume from in {output_dir / CHECKPOINTS_DIR}{detail}")
+
+
+def _is_intact(path: Path) -> bool:
+    try:
+        validate_state_dir(path)
+    except CorruptStateError:
+        return False
+    return True
+
+
+def save_training_state(
+    accelerator: Accelerator,
+    output_dir: Path,
+    trainer_state: dict[str, Any],
+    total_limit: int,
+    stream_state: dict | None = None,
+) -> Path:
+    """Accelerate state + our counters (+ each process's stream position), staged then renamed into place.
+
+    A crash never leaves half a state under a final name; the oldest states beyond `total_limit` are removed only
+    after the new one is in place.
+    """
+    states_dir = output_dir / CHECKPOINTS_DIR
+    final = states_dir / f"{STATE_PREFIX}{trainer_state['global_step']:08d}"
+    # Every process writes its part into the same staging folder, so its name is fixed, not random.
+    staging = states_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        states_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(states_dir, f"{STATE_PREFIX}*")
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if stream_state is not None:
+        write_text_atomically(
+            staging / STREAM_STATE_FILE.format(rank=accelerator.process_index), json.dumps(stream_state)
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
+        replace_directory(staging, final)
+        for old in state_dirs(output_dir)[total_limit:]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_stream_state(path: Path, rank: int) -> dict | None:
+    file = path / STREAM_STATE_FILE.format(rank=rank)
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
+def write_history(output_dir: Path, trainer_state: dict[str, Any]) -> None:
+    write_text_atomically(output_dir / HISTORY_FILE, json.dumps(trainer_state, indent=2))
