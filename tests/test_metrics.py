@@ -216,6 +216,68 @@ def test_bad_inputs_raise(task, bad_predictions, message):
         abaw_mtl_score(predictions, references)
 
 
+def _first_labelled(references):
+    return (
+        int(np.flatnonzero(references != MISSING_EXPRESSION)[0])
+        if references.ndim == 1
+        else int(np.flatnonzero(np.all(references != MISSING_VALENCE_AROUSAL, axis=1))[0])
+    )
+
+
+@pytest.mark.parametrize("task", ["valence_arousal", "expression", "action_units"])
+def test_a_nan_prediction_on_a_labelled_row_is_refused(task):
+    """A NaN where the label counts would score as a wrong (or right) answer: refuse it, naming the task."""
+    predictions, references, _ = make_mtl_data(expression_as_logits=True)
+    row = _first_labelled(references[task]) if task != "action_units" else 0
+    predictions[task] = predictions[task].astype(np.float64)
+    predictions[task][row] = np.nan
+    if task == "action_units":
+        references[task][0] = 1
+    with pytest.raises(ValueError, match=f"`{task} predictions` holds NaN"):
+        abaw_mtl_score(predictions, references)
+
+
+@pytest.mark.parametrize(
+    "task, value, message",
+    [("valence_arousal", 1.5, r"lie in \[-1, 1\] or be -5"), ("expression", 8, "class indices"),
+     ("expression", -3, "class indices"), ("action_units", 2, "0, 1 or -1")],
+)  # fmt: skip
+def test_references_outside_their_codes_are_refused(task, value, message):
+    predictions, references, _ = make_mtl_data()
+    references[task][0] = value
+    with pytest.raises(ValueError, match=message):
+        abaw_mtl_score(predictions, references)
+
+
+@pytest.mark.parametrize("thresholds", [np.nan, 1.5, -0.1, [0.5] * 11 + [np.nan]])
+def test_nan_or_out_of_range_thresholds_are_refused(thresholds):
+    predictions, references, _ = make_mtl_data()
+    with pytest.raises(ValueError, match=r"au_thresholds.* in \[0, 1\]"):
+        abaw_mtl_score(predictions, references, au_thresholds=thresholds)
+    with pytest.raises(ValueError, match="candidates"):
+        fit_au_thresholds(predictions["action_units"], references["action_units"], candidates=[0.2, 1.5])
+
+
+def test_classification_scores_match_sklearn_and_skip_unlabelled_rows():
+    from affect_hf.labels import LSD_EXPRESSIONS
+    from affect_hf.metrics import classification_scores
+
+    rng = np.random.default_rng(3)
+    references = rng.integers(0, 6, 200)
+    logits = rng.normal(size=(200, 6)) + 2 * np.eye(6)[references]
+    references[:20] = MISSING_EXPRESSION
+    logits[:20] = np.nan  # never counted
+    scores = classification_scores(logits, references, LSD_EXPRESSIONS)
+    predicted = logits[20:].argmax(1)
+    assert scores["f1_macro"] == pytest.approx(f1_score(references[20:], predicted, average="macro"))
+    assert scores["accuracy"] == pytest.approx(np.mean(predicted == references[20:]))
+    per_class = f1_score(references[20:], predicted, average=None)
+    assert [scores[f"f1_{name}"] for name in LSD_EXPRESSIONS] == pytest.approx(per_class)
+    assert scores["num_samples"] == 180
+    with pytest.raises(ValueError, match="6 scores per row"):
+        classification_scores(logits[:, :5], references, LSD_EXPRESSIONS)
+
+
 def test_bad_thresholds_and_missing_keys_raise():
     predictions, references, _ = make_mtl_data()
     with pytest.raises(ValueError, match="au_thresholds"):
