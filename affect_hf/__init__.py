@@ -6,17 +6,32 @@ Importing the package registers the model classes with transformers' Auto factor
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from modeling import DanConfig, DanForImageClassification, EmmaConfig, EmmaForAffectAnalysis, MaeViTModel
+from modeling import (
+    CotexConfig,
+    CotexForImageClassification,
+    DanConfig,
+    DanForImageClassification,
+    EmmaConfig,
+    EmmaForAffectAnalysis,
+    MaeViTModel,
+)
 
 
 __version__ = "0.1.0"
 
-for _config_class, _model_class in ((EmmaConfig, EmmaForAffectAnalysis), (DanConfig, DanForImageClassification)):
+_MODEL_FAMILIES = (
+    (EmmaConfig, EmmaForAffectAnalysis),
+    (CotexConfig, CotexForImageClassification),
+    (DanConfig, DanForImageClassification),
+)
+for _config_class, _model_class in _MODEL_FAMILIES:
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
 
 __all__ = [
+    "CotexConfig",
+    "CotexForImageClassification",
     "DanConfig",
     "DanForImageClassification",
     "EmmaConfig",

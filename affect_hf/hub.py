@@ -52,7 +52,7 @@ def render_model_card(
         "vit-mae",
         "custom_code",
     ),
-    pipeline_tag: str = "image-classification",
+    pipeline_tag: str | None = "image-classification",
     task_type: str = "image-classification",
 ) -> ModelCard:
     """A card from `template` with a valid `model-index` and the training arguments.

@@ -14,6 +14,18 @@ from modeling.affect_labels import (
 # Folder names of the released LSD training set; the anger folder ships misspelled.
 LSD_FOLDER_ALIASES = {"ANGRER": "Anger"}
 
+# Other spellings of AffectNet class folders (upper case; matched in any case).
+AFFECTNET_FOLDER_ALIASES = {
+    "HAPPINESS": "Happy",
+    "SADNESS": "Sad",
+    "SURPRISED": "Surprise",
+    "FEARFUL": "Fear",
+    "DISGUSTED": "Disgust",
+    "ANGRY": "Anger",
+}
+# AffectNet's annotation codes beyond the 8 expressions: rows with these are not expression labels.
+AFFECTNET_NON_EXPRESSION_CODES = {8: "None", 9: "Uncertain", 10: "Non-Face"}
+
 # AffectNet index -> ABAW index (Happy -> Happiness, ..., Contempt -> Other).
 _AFFECTNET_TO_ABAW_NAME = {
     "Neutral": "Neutral",
@@ -34,6 +46,8 @@ __all__ = [
     "ABAW_EXPRESSIONS",
     "ACTION_UNITS",
     "AFFECTNET_EXPRESSIONS",
+    "AFFECTNET_FOLDER_ALIASES",
+    "AFFECTNET_NON_EXPRESSION_CODES",
     "AFFECTNET_TO_ABAW",
     "LSD_EXPRESSIONS",
     "LSD_FOLDER_ALIASES",

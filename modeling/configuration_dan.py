@@ -18,6 +18,9 @@ class DanConfig(PreTrainedConfig):
         channel_reduction: bottleneck reduction of the channel attention (512 -> 32 in DAN).
         image_size: the training resolution, used by the image processor saved with the model.
         initializer_range: standard deviation of the heads' linear layers at initialisation (DAN: 0.001).
+        affinity_loss_weight: weight of DAN's affinity loss (features pulled to learnable class centres, scaled by
+            the centres' spread).
+        partition_loss_weight: weight of DAN's partition loss (pushes the attention heads apart).
     """
 
     model_type = "dan"
@@ -31,6 +34,8 @@ class DanConfig(PreTrainedConfig):
     channel_reduction: int = 16
     image_size: int = 224
     initializer_range: float = 0.001
+    affinity_loss_weight: float = 1.0
+    partition_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
         self.hidden_sizes = list(self.hidden_sizes)

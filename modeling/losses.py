@@ -45,3 +45,22 @@ def masked_binary_cross_entropy(
         logits.float(), (labels == 1).float(), weight=valid, pos_weight=pos_weight, reduction="sum"
     )
     return losses / valid.sum().clamp(min=1.0)
+
+
+def generalized_js_divergence(
+    logits_per_view: list[torch.Tensor], reduction: str = "mean", probability_floor: float = 1e-4
+) -> torch.Tensor:
+    """Jensen-Shannon divergence of several predicted distributions: the mean KL of each to their mixture.
+
+    `reduction="mean"` averages each KL term over batch x classes (the CoTEX authors' code, whose weight 100
+    assumes it); "batchmean" sums over classes and averages over the batch. Probabilities are clamped at
+    `probability_floor` inside the logarithms, as the authors do.
+    """
+    probabilities = [nn.functional.softmax(logits.float(), dim=-1) for logits in logits_per_view]
+    mixture = torch.stack(probabilities).mean(dim=0).clamp(min=probability_floor)
+    terms = []
+    for view in probabilities:
+        divergence = view * (view.clamp(min=probability_floor).log() - mixture.log())
+        divergence = torch.where(view > 0, divergence, torch.zeros_like(divergence))
+        terms.append(divergence.mean() if reduction == "mean" else divergence.sum(dim=-1).mean())
+    return torch.stack(terms).mean()

@@ -8,8 +8,10 @@ from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .affect_labels import MISSING_EXPRESSION
 from .auto_map import add_auto_map_entries
 from .configuration_dan import DanConfig
+from .losses import masked_cross_entropy
 
 
 class DanSpatialAttention(nn.Module):
@@ -66,12 +68,35 @@ class DanAttentionHead(nn.Module):
 @dataclass
 class DanOutput(ModelOutput):
     """
+    loss: cross_entropy_loss + affinity_loss_weight x affinity_loss + partition_loss_weight x partition_loss.
     features: the heads' fused feature (B x C) that the classifier reads.
+    cross_entropy_loss, affinity_loss, partition_loss: DAN's three training losses, for logging.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     features: torch.FloatTensor | None = None
+    cross_entropy_loss: torch.FloatTensor | None = None
+    affinity_loss: torch.FloatTensor | None = None
+    partition_loss: torch.FloatTensor | None = None
+
+
+def affinity_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """DAN's affinity loss: squared distance of each feature to its class centre, over the centres' total variance.
+
+    Averaged over the batch; the centres are learned with the model.
+    """
+    distances = (features.float() - centers.float()[labels]).pow(2).sum(dim=1).clamp(min=1e-12, max=1e12)
+    return distances.mean() / centers.float().var(dim=0).sum()
+
+
+def partition_loss(heads: torch.Tensor) -> torch.Tensor:
+    """DAN's partition loss: log(1 + heads / variance across the heads), small when the heads attend apart."""
+    num_heads = heads.shape[1]
+    if num_heads < 2:
+        return heads.sum() * 0.0
+    variance = heads.float().var(dim=1).mean()
+    return torch.log(1 + num_heads / (variance + torch.finfo(torch.float32).eps))
 
 
 class DanPreTrainedModel(PreTrainedModel):
@@ -84,7 +109,9 @@ class DanPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """DAN's head initialisation; the nested ResNet keeps its own."""
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, DanForImageClassification):
+            init.normal_(module.class_centers, std=1.0)  # DAN's torch.randn centres
+        elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out")
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -113,6 +140,8 @@ class DanForImageClassification(DanPreTrainedModel):
         self.heads = nn.ModuleList([DanAttentionHead(config) for _ in range(config.num_heads)])
         self.fc = nn.Linear(config.hidden_sizes[-1], config.num_labels)
         self.bn = nn.BatchNorm1d(config.num_labels)
+        # The affinity loss's class centres, in the pooled ResNet feature space (learned in training only).
+        self.class_centers = nn.Parameter(torch.empty(config.num_labels, config.hidden_sizes[-1]))
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> DanOutput:
@@ -126,11 +155,30 @@ class DanForImageClassification(DanPreTrainedModel):
         features = heads.sum(dim=1)
         logits = self.bn(self.fc(features))
 
-        loss = None
+        loss = cross_entropy = affinity = partition = None
         if labels is not None:
-            valid = labels != -1
-            loss = nn.functional.cross_entropy(logits[valid], labels[valid]) if valid.any() else logits.sum() * 0.0
-        return DanOutput(loss=loss, logits=logits, features=features)
+            valid = labels != MISSING_EXPRESSION
+            cross_entropy = masked_cross_entropy(logits, labels, MISSING_EXPRESSION)
+            pooled = feature_map.mean(dim=(2, 3))
+            affinity = (
+                affinity_loss(pooled[valid], labels[valid], self.class_centers)
+                if valid.any()
+                else self.class_centers.sum() * 0.0
+            )
+            partition = partition_loss(heads)
+            loss = (
+                cross_entropy
+                + self.config.affinity_loss_weight * affinity
+                + self.config.partition_loss_weight * partition
+            )
+        return DanOutput(
+            loss=loss,
+            logits=logits,
+            features=features,
+            cross_entropy_loss=cross_entropy,
+            affinity_loss=affinity,
+            partition_loss=partition,
+        )
 
 
 DanForImageClassification.register_for_auto_class("AutoModelForImageClassification")

@@ -18,8 +18,9 @@ from transformers import pipeline
 
 from affect_hf.data import AffectImageTransform
 from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
-from modeling import EmmaForAffectAnalysis
-from tests.test_modeling import IMAGE_SIZE, tiny_emma_config
+from model_cards import COTEX_TEMPLATE
+from modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
+from tests.test_modeling import IMAGE_SIZE, TINY_VIT, tiny_emma_config
 
 
 # Runs in a fresh interpreter where neither this package nor its model code can be imported.
@@ -42,19 +43,13 @@ REMOTE_LOADER = textwrap.dedent(
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     classifier_model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
-    assert type(classifier_model).__name__ == "EmmaForAffectAnalysis"
+    assert type(classifier_model) is type(model), (type(classifier_model), type(model))
     with torch.no_grad():
         outputs = model(torch.load(inputs_path))
     classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
-    torch.save(
-        {
-            "logits": outputs.logits,
-            "valence_arousal": outputs.valence_arousal,
-            "au_logits": outputs.au_logits,
-            "pipeline": classifier(image_path, top_k=8),
-        },
-        output_path,
-    )
+    saved = {name: value for name, value in outputs.items() if name in ("logits", "valence_arousal", "au_logits")}
+    saved["pipeline"] = classifier(image_path, top_k=8)
+    torch.save(saved, output_path)
     """
 )
 
@@ -65,6 +60,17 @@ def saved_folder(tmp_path_factory) -> tuple[EmmaForAffectAnalysis, Path]:
     model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
     card = render_model_card(model, scores={"P_MTL": 1.25, "P_VA": 0.4, "f1_AU1": 0.3}, training_arguments={"seed": 0})
     folder = save_model_folder(model, tmp_path_factory.mktemp("hub") / "emma", card)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def saved_cotex_folder(tmp_path_factory) -> tuple[CotexForImageClassification, Path]:
+    torch.manual_seed(0)
+    # Heads at a visible scale, so that the remote and local outputs are compared on real numbers.
+    model = CotexForImageClassification(CotexConfig(vit_config=dict(TINY_VIT), head_initializer_range=0.5)).eval()
+    folder = save_model_folder(
+        model, tmp_path_factory.mktemp("hub") / "cotex", render_model_card(model, COTEX_TEMPLATE)
+    )
     return model, folder
 
 
@@ -98,8 +104,9 @@ def test_saving_again_replaces_the_folder_whole(saved_folder, tmp_path):
     assert not (target / "stale.txt").exists() and (target / "model.safetensors").is_file()
 
 
-def test_fresh_process_without_the_package_loads_folder_and_pipeline(saved_folder, tmp_path):
-    model, folder = saved_folder
+@pytest.mark.parametrize("fixture", ["saved_folder", "saved_cotex_folder"])
+def test_fresh_process_without_the_package_loads_folder_and_pipeline(fixture, request, tmp_path):
+    model, folder = request.getfixturevalue(fixture)
     pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     torch.save(pixel_values, tmp_path / "inputs.pt")
     image_path = tmp_path / "face.png"
@@ -119,7 +126,9 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(saved_folde
     remote = torch.load(tmp_path / "outputs.pt")
     with torch.no_grad():
         local = model(pixel_values)
-    for name in ("logits", "valence_arousal", "au_logits"):
+    compared = [name for name in ("logits", "valence_arousal", "au_logits") if getattr(local, name, None) is not None]
+    assert set(remote) == {*compared, "pipeline"}
+    for name in compared:
         assert torch.equal(remote[name], getattr(local, name)), name
     local_pipeline = pipeline("image-classification", model=str(folder))(str(image_path), top_k=8)
     assert remote["pipeline"] == local_pipeline

@@ -7,7 +7,15 @@ import torch
 from transformers import AutoConfig, AutoModel, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 import affect_hf  # noqa: F401  (registers the Auto classes)
-from modeling import DanConfig, DanForImageClassification, EmmaConfig, EmmaForAffectAnalysis, MaeViTModel
+from modeling import (
+    CotexConfig,
+    CotexForImageClassification,
+    DanConfig,
+    DanForImageClassification,
+    EmmaConfig,
+    EmmaForAffectAnalysis,
+    MaeViTModel,
+)
 
 
 IMAGE_SIZE = 32
@@ -137,11 +145,38 @@ def test_dan_forward_and_round_trip(dan_folder):
     pixel_values = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
     output = model(pixel_values, labels=torch.tensor([2, -1, 5]))
     assert output.logits.shape == (3, 8) and output.features.shape == (3, 32)
-    expected_loss = torch.nn.functional.cross_entropy(output.logits[[0, 2]], torch.tensor([2, 5]))
-    torch.testing.assert_close(output.loss, expected_loss)
+    expected_cross_entropy = torch.nn.functional.cross_entropy(output.logits[[0, 2]], torch.tensor([2, 5]))
+    torch.testing.assert_close(output.cross_entropy_loss, expected_cross_entropy)
+    torch.testing.assert_close(output.loss, output.cross_entropy_loss + output.affinity_loss + output.partition_loss)
     reloaded = AutoModel.from_pretrained(dan_folder).eval()
     assert isinstance(reloaded, DanForImageClassification)
     torch.testing.assert_close(reloaded(pixel_values).logits, output.logits, rtol=0, atol=0)
+    torch.testing.assert_close(reloaded.class_centers, model.class_centers, rtol=0, atol=0)
+
+
+def test_dan_losses_reproduce_dans_own_formulas():
+    """DAN's `AffinityLoss` (distance matrix by addmm, masked to the own class) and `PartitionLoss`, written out."""
+    torch.manual_seed(0)
+    model = DanForImageClassification(DanConfig(**TINY_CNN)).train()
+    pixel_values, labels = torch.randn(5, 3, IMAGE_SIZE, IMAGE_SIZE), torch.tensor([0, 3, 3, 7, 1])
+    feature_maps, head_outputs = [], []
+    model.resnet.register_forward_hook(lambda module, inputs, output: feature_maps.append(output.last_hidden_state))
+    for head in model.heads:
+        head.register_forward_hook(lambda module, inputs, output: head_outputs.append(output))
+    output = model(pixel_values, labels=labels)
+
+    features, centers = feature_maps[0].mean(dim=(2, 3)), model.class_centers
+    distances = features.pow(2).sum(1, keepdim=True).expand(5, 8) + centers.pow(2).sum(1, keepdim=True).expand(8, 5).t()
+    distances = distances.addmm(features, centers.t(), beta=1, alpha=-2)
+    mask = labels.unsqueeze(1).expand(5, 8).eq(torch.arange(8).expand(5, 8))
+    expected_affinity = (distances * mask.float() / centers.var(dim=0).sum()).clamp(min=1e-12, max=1e12).sum() / 5
+    torch.testing.assert_close(output.affinity_loss, expected_affinity, rtol=1e-4, atol=1e-5)
+
+    heads = torch.log_softmax(torch.stack(head_outputs, dim=1), dim=1)
+    expected_partition = torch.log(1 + 4 / (heads.var(dim=1).mean() + torch.finfo(torch.float32).eps))
+    torch.testing.assert_close(output.partition_loss, expected_partition)
+    output.loss.backward()
+    assert model.class_centers.grad is not None and model.class_centers.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- EMMA
@@ -282,3 +317,105 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert model.vit.layers[0].gradient_checkpointing
     model(**batch).loss.backward()
     torch.testing.assert_close(model.vit.layers[0].attention.q_proj.weight.grad, plain)
+
+
+# ---------------------------------------------------------------- CoTEX
+
+
+def tiny_cotex_config(**overrides) -> CotexConfig:
+    fields = dict(vit_config=dict(TINY_VIT), drop_path_rate=0.0, head_initializer_range=0.5)
+    fields.update(overrides)
+    return CotexConfig(**fields)
+
+
+def authors_cotex_loss(view_logits: list[torch.Tensor], labels: torch.Tensor, js_weight: float = 100.0):
+    """The CoTEX authors' loss (`EmoCoT_loss` with `GeneralizedJSDiv`), written out independently."""
+    eps, weight = 1e-4, 1 / len(view_logits)
+    valid = labels != -1
+    cross_entropy = sum(
+        torch.nn.functional.cross_entropy(logits[valid], labels[valid]) for logits in view_logits
+    ) / len(view_logits)
+    probabilities = [torch.softmax(logits, dim=1) for logits in view_logits]
+    mixture = sum(weight * p for p in probabilities).clamp(min=eps)
+
+    def kl(target, prediction):
+        output = target * (target.clamp(min=eps).log() - prediction.clamp(min=eps).log())
+        return torch.where(target > 0, output, torch.zeros_like(output)).mean()
+
+    js = sum(weight * kl(p, mixture) for p in probabilities)
+    return cross_entropy + js_weight * js, cross_entropy, js
+
+
+def test_cotex_loss_reproduces_the_authors_and_ignores_unlabelled_samples():
+    torch.manual_seed(0)
+    model = CotexForImageClassification(tiny_cotex_config(num_views=3)).train()
+    pixel_values = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE)
+    labels = torch.tensor([0, 5, -1, 3, 2, -1])
+    output = model(pixel_values, labels=labels)
+    assert output.logits.shape == (6, 6) and output.view_logits.shape == (6, 3, 6)
+    torch.testing.assert_close(output.logits, output.view_logits.mean(dim=1))
+    views = list(output.view_logits.unbind(dim=1))
+    expected, cross_entropy, js = authors_cotex_loss(views, labels)
+    torch.testing.assert_close(output.loss, expected)
+    torch.testing.assert_close(output.cross_entropy_loss, cross_entropy)
+    torch.testing.assert_close(output.js_loss, js)
+    assert output.js_loss > 0, "differently masked views disagree"
+    # "batchmean" is the textbook KL: classes summed, batch averaged.
+    model.config.js_reduction = "batchmean"
+    torch.manual_seed(1)
+    first = model(pixel_values, labels=labels)
+    model.config.js_reduction = "mean"
+    torch.manual_seed(1)
+    second = model(pixel_values, labels=labels)
+    torch.testing.assert_close(first.js_loss, second.js_loss * 6)
+
+
+def test_cotex_views_drop_their_own_patches_in_training_and_none_in_evaluation(mae_folder):
+    model = CotexForImageClassification.from_pretrained_parts(str(mae_folder), drop_path_rate=0.0, mask_ratio=0.75)
+    seen = []
+    hooks = [view.register_forward_hook(lambda module, inputs, output: seen.append(output)) for view in model.views]
+    pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model.train()
+    model(pixel_values)
+    assert [output.last_hidden_state.shape[1] for output in seen] == [1 + NUM_PATCHES // 4] * 2, "kept quarter only"
+    # Both views start from the same MAE: only their masks make their features differ.
+    assert not torch.equal(seen[0].mask, seen[1].mask)
+    assert not torch.allclose(seen[0].pooler_output, seen[1].pooler_output)
+
+    seen.clear()
+    model.eval()
+    rng_before = torch.get_rng_state()
+    evaluation = model(pixel_values)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert [output.last_hidden_state.shape[1] for output in seen] == [1 + NUM_PATCHES] * 2
+    torch.testing.assert_close(seen[0].pooler_output, seen[1].pooler_output, rtol=0, atol=0)
+    torch.testing.assert_close(model(pixel_values).logits, evaluation.logits, rtol=0, atol=0)
+    for hook in hooks:
+        hook.remove()
+
+
+def test_cotex_from_several_mae_folders_shares_views_in_order(mae_folder, tmp_path):
+    torch.manual_seed(5)
+    other = tmp_path / "other_mae"
+    ViTMAEForPreTraining(ViTMAEConfig(**TINY_VIT)).save_pretrained(other)
+    model = CotexForImageClassification.from_pretrained_parts([str(mae_folder), str(other)], num_views=4)
+    first, second = (ViTMAEForPreTraining.from_pretrained(path) for path in (mae_folder, other))
+    for index, source in enumerate((first, first, second, second)):
+        assert torch.equal(model.views[index].layers[0].mlp.fc1.weight, source.vit.layers[0].mlp.fc1.weight)
+    assert model.config.vit_config.mask_ratio == 0.0 and model.config.num_views == 4
+    with pytest.raises(ValueError, match="3 views cannot be shared equally among 2"):
+        CotexForImageClassification.from_pretrained_parts([str(mae_folder), str(other)], num_views=3)
+
+
+def test_cotex_round_trip_through_automodel(tmp_path):
+    torch.manual_seed(0)
+    model = CotexForImageClassification(tiny_cotex_config()).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, CotexForImageClassification) and reloaded.config.id2label[0] == "Anger"
+    pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    with pytest.raises(ValueError, match="js_reduction"):
+        tiny_cotex_config(js_reduction="sum")

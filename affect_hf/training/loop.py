@@ -89,10 +89,10 @@ class _MapStyleBatches:
 class _StreamBatches:
     """An `ImageStream` for this process: a fixed number of batches per epoch on every process, resumable."""
 
-    def __init__(self, stream, accelerator: Accelerator, batch_size: int, num_workers: int, collate_fn):
+    def __init__(self, stream, accelerator: Accelerator, batch_size: int, num_workers: int):
         self.stream, self.accelerator = stream, accelerator
-        self.batch_size, self.num_workers, self.collate_fn = batch_size, num_workers, collate_fn
-        self.batches_per_epoch = stream.batches_per_epoch(batch_size, accelerator.num_processes)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batches_per_epoch = stream.batches_per_epoch(batch_size, accelerator.num_processes, num_workers)
         self.loader = None
 
     def epoch(self, epoch: int, consumed: int, stream_state: dict | None) -> Iterator[dict]:
@@ -102,7 +102,6 @@ class _StreamBatches:
             world_size=self.accelerator.num_processes,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
         )
         if stream_state is not None:
             self.loader.load_state_dict(stream_state)
@@ -262,8 +261,9 @@ class _Run:
 
 
 def _fingerprint(recipe: Recipe, effective_batch: int, learning_rate: float, total_steps: int, steps_per_epoch: int,
-                 num_processes: int) -> dict[str, Any]:  # fmt: skip
+                 num_processes: int, stream_workers: int | None) -> dict[str, Any]:  # fmt: skip
     return {
+        "stream_workers": stream_workers,
         "recipe": recipe.name,
         "effective_batch_size": effective_batch,
         "num_processes": num_processes,
@@ -294,7 +294,10 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     if accelerator.is_main_process:
         try:
             prepare_output_dir(
-                output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir, extra_artifacts=(recipe.name,)
+                output_dir,
+                bool(args.resume_from_checkpoint),
+                args.overwrite_output_dir,
+                extra_artifacts=(recipe.name, *recipe.run_files),
             )
         except (OSError, ValueError) as caught:
             error = caught
@@ -307,9 +310,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
         _check_evaluation_images(data.evaluation, args, accelerator)
 
     if hasattr(data.train, "batches_per_epoch"):
-        train_batches = _StreamBatches(
-            data.train, accelerator, args.per_device_train_batch_size, args.num_workers, data.collate_fn
-        )
+        train_batches = _StreamBatches(data.train, accelerator, args.per_device_train_batch_size, args.num_workers)
     else:
         # Each loader draws its workers' base seed from its own generator, not from the global RNG: otherwise
         # re-creating the loader on resume would shift the random stream that dropout and drop path use.
@@ -366,8 +367,10 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
+    # A stream's saved position holds one entry per DataLoader worker: resuming needs as many workers.
+    stream_workers = args.num_workers if isinstance(train_batches, _StreamBatches) else None
     fingerprint = _fingerprint(
-        recipe, effective_batch, learning_rate, total_steps, steps_per_epoch, accelerator.num_processes
+        recipe, effective_batch, learning_rate, total_steps, steps_per_epoch, accelerator.num_processes, stream_workers
     )
     run.trainer_state["run"] = fingerprint
     stream_state = None

@@ -44,6 +44,7 @@ RESUME_FINGERPRINT_KEYS = (
     "total_steps",
     "steps_per_epoch",
     "seed",
+    "stream_workers",
 )
 
 

@@ -57,6 +57,8 @@ class Recipe:
     # The score that selects the saved model; None keeps the last evaluated (or, without evaluation, the last) model.
     selection_score: ClassVar[str | None] = None
     greater_is_better: ClassVar[bool] = True
+    # Files the recipe writes in the output folder (besides the loop's), deleted by --overwrite_output_dir.
+    run_files: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, training_args: TrainingArguments, recipe_args: Any):
         self.recipe_args = recipe_args
