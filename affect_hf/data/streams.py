@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from .transforms import augmentation_rng, load_rgb_image
 
 
 logger = logging.getLogger(__name__)
+# torchdata 0.11 calls a deprecated torch function on every iterator it starts; nothing for a user to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 # Shards per source: enough that many processes x workers each get several, few enough that a shard is a useful
 # unit of reading (a shard's records are permuted in memory). A power of two divides the usual world sizes.
@@ -267,10 +270,11 @@ class ImageStream:
         self.shards = self._shards()
 
     def _shards(self) -> list[Shard]:
+        """Runs of at most `size` images (a list's lines; a tar's members, never across two tars)."""
+        size = max(1, math.ceil(self.num_images / TARGET_NUM_SHARDS))
         shards: list[Shard] = []
         if self.source.kind == "list":
             path = self.source.paths[0]
-            size = max(1, math.ceil(self.num_images / TARGET_NUM_SHARDS))
             offsets = _list_line_offsets(path, every=size, skip=self.set_aside)
             for index, offset in enumerate(offsets):
                 count = min(size, self.num_images - index * size)
@@ -282,10 +286,10 @@ class ImageStream:
         for path, count in zip(self.source.paths, self.source.tar_counts, strict=True):
             start = min(skip, count)
             skip -= start
-            taken = min(count - start, remaining)
-            if taken > 0:
-                shards.append(Shard("tar", path, start, taken, first_key + start))
-                remaining -= taken
+            stop = start + min(count - start, remaining)
+            remaining -= stop - start
+            for chunk in range(start, stop, size):
+                shards.append(Shard("tar", path, chunk, min(size, stop - chunk), first_key + chunk))
             first_key += count
         return shards
 
@@ -326,6 +330,9 @@ class ImageStream:
             num_workers=self.workers(num_workers, world_size),
             collate_fn=StreamCollator(self.transform, self.seed, epoch),
             drop_last=False,
+            # Worker seeds from the loader's own generator: drawing them from the global RNG would shift the random
+            # stream of the model (MAE's masks) when a resumed run re-creates the loader mid-epoch.
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
         )
 
     def describe(self) -> str:

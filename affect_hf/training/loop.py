@@ -115,29 +115,31 @@ class _StreamBatches:
 
 
 class _LossWindow:
-    """Sums of every `*loss` output and of unreadable images over an accumulation window, on this process."""
+    """Sums of every `*loss` output, of images and of unreadable images over an accumulation window, on this process."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.micro_batches = 0
-        self.unreadable = 0
+        self.micro_batches = self.images = self.unreadable = 0
 
-    def add(self, outputs, unreadable: int) -> None:
+    def add(self, outputs, images: int, unreadable: int) -> None:
         for name, value in outputs.items():
             if name.endswith("loss") and isinstance(value, torch.Tensor) and value.ndim == 0:
                 self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
         self.micro_batches += 1
+        self.images += images
         self.unreadable += unreadable
 
-    def reduce(self, accelerator: Accelerator) -> tuple[dict[str, float], int]:
-        """Means over the window and all processes, and the processes' total of unreadable images (one collective)."""
+    def reduce(self, accelerator: Accelerator) -> tuple[dict[str, float], int, int]:
+        """Means over the window and all processes, and the processes' totals of images and unreadable images
+        (one collective)."""
         names = sorted(self.sums)
-        values = torch.stack([self.sums[name] for name in names] + [torch.tensor(float(self.unreadable))])
-        totals = accelerator.reduce(values.to(accelerator.device), reduction="sum").tolist()
+        counts = torch.tensor([float(self.images), float(self.unreadable)], device=accelerator.device)
+        values = torch.cat([torch.stack([self.sums[name] for name in names]).to(accelerator.device), counts])
+        totals = accelerator.reduce(values, reduction="sum").tolist()
         count = self.micro_batches * accelerator.num_processes
         means = {name: total / count for name, total in zip(names, totals, strict=False)}
-        self.sums, self.micro_batches, self.unreadable = {}, 0, 0
-        return means, int(round(totals[-1]))
+        self.sums, self.micro_batches, self.images, self.unreadable = {}, 0, 0, 0
+        return means, int(round(totals[-2])), int(round(totals[-1]))
 
 
 def _raise_on_every_process(accelerator: Accelerator, error: BaseException | None) -> None:
@@ -180,6 +182,7 @@ class _Run:
             "best_step": None,
             "best_scores": None,
             "saved_model_step": None,
+            "train_images": 0,
             "unreadable_images": 0,
             "history": [],
             "status": "running",
@@ -208,7 +211,13 @@ class _Run:
         step = state["global_step"]
         if scores:
             accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=step)
-        entry = {"epoch": epoch, "step": step, **scores, "unreadable_images": state["unreadable_images"]}
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            **scores,
+            "train_images": state["train_images"],
+            "unreadable_images": state["unreadable_images"],
+        }
         if learning_rate is not None:
             entry["learning_rate"] = learning_rate
         state["history"].append(entry)
@@ -439,13 +448,14 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
                 with sync:
                     outputs = model(**batch)
                     accelerator.backward(outputs.loss / (window_end - window_start))
-                window.add(outputs, unreadable)
+                window.add(outputs, len(batch["pixel_values"]), unreadable)
                 state["batches_in_epoch"] += 1
                 if not last_in_window:
                     continue
 
-                losses, window_unreadable = window.reduce(accelerator)
+                losses, window_images, window_unreadable = window.reduce(accelerator)
                 step = state["global_step"] + 1
+                state["train_images"] += window_images
                 state["unreadable_images"] += window_unreadable
                 if not math.isfinite(losses["loss"]):
                     raise NonFiniteLossError(
