@@ -1,146 +1,63 @@
-"""Benchmark EMMA (MAE ViT + frozen DAN CNN): throughput, memory, FLOPs and the fraction of this machine's peak.
+"""Benchmark a recipe's model: inference and the training loop's own step, throughput, memory, FLOPs, fraction of peak.
 
-`python scripts/benchmark.py [--preset base] [--device cpu|cuda] [--dtype bf16|fp32|both] [--steps N] [--json out.json]`
+`python scripts/benchmark.py [--recipe emma|mae|cotex|dan] [--preset base] [--device cpu|cuda] [--dtype both]
+[--mask-ratios 0 0.75] [--steps N] [--json out.json]`
 
-Why each piece:
+Why each piece (the measuring parts live in `affect_hf.benchmarking`):
 - The matmul peak is measured, not looked up: "fraction of peak" is only meaningful against what this machine (its
   threads, its BLAS, its bf16 support) actually sustains.
-- FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on a real forward (and backward) pass, so the
-  count follows the model code; the CPU flash-attention ops, which that counter does not know, are added here.
+- FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on a real forward (and the real training step),
+  so the count follows the model code; the CPU flash-attention ops, which that counter does not know, are added.
+- Training is timed through the loop's `TrainingStep` under Accelerate (the recipe's optimiser groups, betas and
+  clipping; bf16 through Accelerate's autocast): the same code path as `scripts/train.py`.
 - Throughput is the median over timed iterations after warm-up (oneDNN and cuBLAS pick kernels on first use).
-- Memory: on CUDA `torch.cuda.max_memory_allocated` (tensors only). On CPU the process resident-set high-water mark
-  (VmHWM) reset before each phase through /proc/self/clear_refs where Linux allows it, else the never-reset
-  `ru_maxrss`; it includes the Python interpreter, torch's libraries, the weights and whatever the allocators cache.
+- Memory: on CUDA `torch.cuda.max_memory_allocated` (tensors only); on CPU the process's resident-set high-water
+  mark, reset per phase where Linux allows it.
 Nothing here asserts a timing: the figures are for the project's notes, not a test.
 """
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import transformers
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from affect_hf.training.presets import emma_config_from_preset
-from modeling import EmmaForAffectAnalysis
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-NUM_ACTION_UNITS_DEFAULT = 12
-
-
-# FlopCounterMode (torch 2.13) counts the CUDA sdpa kernels but not the CPU flash-attention ones; without these the
-# attention matmuls (~8 % of ViT-B/16 at 224 px) would silently be left out of the CPU count. The formulas take
-# shapes: FlopCounterMode turns tensor arguments into shapes for a custom mapping.
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+from affect_hf.benchmarking import (
+    DTYPES,
+    LoopTrainingStep,
+    PeakMemory,
+    benchmark_recipe,
+    count_flops,
+    cpu_name,
+    matmul_peak,
+    time_steps,
+)
+from affect_hf.training import RECIPE_NAMES
 
 
-def _cpu_sdpa_backward_flops(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+# Recipes whose model drops patches in training, so that a step's cost depends on the mask ratio.
+MASKED_RECIPES = ("mae", "cotex")
 
 
-_aten = torch.ops.aten
-CPU_SDPA_FLOP_FORMULAS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
-}
+def attention_implementation(model: torch.nn.Module) -> dict:
+    """What the model's ViT reads at call time (EMMA's `vit`, MAE's `vit`, CoTEX's first view); none for a CNN."""
+    vit = getattr(model, "vit", None) or (model.views[0] if hasattr(model, "views") else None)
+    return {"vit": vit.config._attn_implementation if vit is not None else None}
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so that wall-clock time covers the work (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...], min_time_s: float) -> dict:
-    """Best sustained FLOP/s of square matmuls: per size, repeated calls for at least `min_time_s` after warm-up.
-
-    The best size's rate is the peak: small matrices under-use the cores, large ones are what the model's big
-    matmuls look like.
-    """
-    per_size = {}
-    for size in sizes:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        synchronize(device)
-        times = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < min_time_s or len(times) < 3:
-            tick = time.perf_counter()
-            a @ b
-            synchronize(device)
-            times.append(time.perf_counter() - tick)
-        per_size[size] = 2 * size**3 / min(times)
-        del a, b
-    best = max(per_size, key=per_size.get)
-    per_size_tflops = {size: flops / 1e12 for size, flops in per_size.items()}
-    return {"flops_per_s": per_size[best], "best_size": best, "per_size_tflops": per_size_tflops}
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else whatever `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def build_model(preset: str, device: torch.device) -> EmmaForAffectAnalysis:
-    """EMMA with sdpa attention asked for explicitly, the frozen CNN's weights in channels_last, eval mode."""
-    config = emma_config_from_preset(preset)
-    model = EmmaForAffectAnalysis._from_config(config, attn_implementation="sdpa")
-    model.to(device)
-    if model.cnn is not None:
-        model.cnn.to(memory_format=torch.channels_last)
-    return model.eval()
-
-
-def attention_implementation(model: EmmaForAffectAnalysis) -> dict:
-    """What the ViT layers read at call time (`model.vit.config`), and what the top-level configs say."""
-    return {
-        "vit": model.vit.config._attn_implementation,
-        "emma_config": model.config._attn_implementation,
-        "emma_config.vit_config": model.config.vit_config._attn_implementation,
-    }
-
-
-def make_batch(model: EmmaForAffectAnalysis, batch_size: int, device: torch.device, labels: bool) -> dict:
-    """Random images of the model's size and, for training, random labels for all three tasks."""
-    vit_config = model.vit.config
-    size = vit_config.image_size if isinstance(vit_config.image_size, int) else vit_config.image_size[0]
-    generator = torch.Generator().manual_seed(0)
-    batch = {"pixel_values": torch.randn(batch_size, vit_config.num_channels, size, size, generator=generator)}
-    if labels:
-        num_aus = getattr(model.config, "num_action_units", NUM_ACTION_UNITS_DEFAULT)
-        batch["valence_arousal"] = torch.rand(batch_size, 2, generator=generator) * 2 - 1
-        batch["expression"] = torch.randint(0, model.config.num_labels, (batch_size,), generator=generator)
-        batch["action_units"] = torch.randint(0, 2, (batch_size, num_aus), generator=generator)
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-def cnn_memory_format(model: EmmaForAffectAnalysis, batch: dict) -> dict:
-    """Whether the CNN's first convolution sees and produces channels_last tensors (the model converts no input)."""
-    if model.cnn is None:
+def cnn_memory_format(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict:
+    """Whether EMMA's CNN's first convolution sees and produces channels_last tensors (the model converts no input)."""
+    cnn = getattr(model, "cnn", None)
+    if cnn is None:
         return {}
-    first_conv = next(module for module in model.cnn.modules() if isinstance(module, torch.nn.Conv2d))
+    first_conv = next(module for module in cnn.modules() if isinstance(module, torch.nn.Conv2d))
     seen = {}
 
     def hook(module, inputs, output):
@@ -149,93 +66,9 @@ def cnn_memory_format(model: EmmaForAffectAnalysis, batch: dict) -> dict:
 
     handle = first_conv.register_forward_hook(hook)
     with torch.inference_mode():
-        model(batch["pixel_values"][:1])
+        model(pixel_values[:1])
     handle.remove()
     return seen
-
-
-def count_flops(model: EmmaForAffectAnalysis, batch: dict, train: bool) -> tuple[float, dict[str, int]]:
-    """FLOPs per image of one forward (inference) or forward + backward of the loss (training), and per op.
-
-    The AdamW update is elementwise and not counted; the frozen CNN runs forward only, as in the model.
-    """
-    batch_size = batch["pixel_values"].shape[0]
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOP_FORMULAS)
-    model.train(train)
-    with counter:
-        if train:
-            model(**batch).loss.backward()
-        else:
-            with torch.inference_mode():
-                model(batch["pixel_values"])
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    per_op = {str(op): int(flops) for op, flops in counter.get_flop_counts()["Global"].items()}
-    return counter.get_total_flops() / batch_size, per_op
-
-
-class PeakMemory:
-    """Peak memory of one phase: CUDA allocated bytes, or the CPU process's resident-set high-water mark."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.source = ""
-        self.before_bytes = 0
-        self.peak_bytes = 0
-
-    @staticmethod
-    def _status_bytes(field: str) -> int | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
-
-    def __enter__(self) -> "PeakMemory":
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before_bytes = torch.cuda.memory_allocated(self.device)
-            self.source = "torch.cuda.max_memory_allocated"
-            return self
-        self.before_bytes = self._status_bytes("VmRSS") or 0
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-            self.source = "VmHWM (reset per phase)"
-        except OSError:
-            self.source = "ru_maxrss (process lifetime)"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        elif self.source.startswith("VmHWM") and self._status_bytes("VmHWM") is not None:
-            self.peak_bytes = self._status_bytes("VmHWM")
-        else:
-            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def time_steps(
-    step: Callable[[], None], device: torch.device, warmup: int, steps: int | None, min_time_s: float, max_steps: int
-) -> list[float]:
-    """Seconds per call after `warmup` calls: exactly `steps` calls, or (None) until `min_time_s`, 1 to `max_steps`."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times: list[float] = []
-    while True:
-        tick = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - tick)
-        if steps is not None:
-            if len(times) >= steps:
-                return times
-        elif sum(times) >= min_time_s or len(times) >= max_steps:
-            return times
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -243,44 +76,47 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
+def make_batch(recipe, model, batch_size: int, device: torch.device) -> dict:
+    batch = recipe.example_batch(model, batch_size, torch.Generator().manual_seed(0))
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def build_model(recipe, device: torch.device) -> torch.nn.Module:
+    """The recipe's model as training builds it (EMMA's CNN in channels_last), on `device`, in eval mode."""
+    return recipe.build_model().to(device).eval()
+
+
 def benchmark_inference(
-    model: EmmaForAffectAnalysis, batch: dict, dtype: torch.dtype, device: torch.device, args: argparse.Namespace
+    model, pixel_values, dtype_name: str, device: torch.device, args
 ) -> tuple[list[float], PeakMemory]:
-    """Eval-mode forward under inference_mode; the CNN runs too, as in every EMMA forward."""
-    pixel_values = batch["pixel_values"]
+    """Eval-mode forward under inference_mode."""
 
     def step() -> None:
-        with torch.inference_mode(), autocast(device, dtype):
+        with torch.inference_mode(), autocast(device, DTYPES[dtype_name]):
             model(pixel_values)
 
-    model.eval()
     with PeakMemory(device) as memory:
         times = time_steps(step, device, args.warmup, args.steps, args.min_time, args.max_steps)
     return times, memory
 
 
 def benchmark_training(
-    model: EmmaForAffectAnalysis, batch: dict, dtype: torch.dtype, device: torch.device, args: argparse.Namespace
+    recipe, model, batch, dtype_name: str, device: torch.device, args
 ) -> tuple[list[float], PeakMemory]:
-    """One optimisation step: forward with all three labels, backward, AdamW step (a fresh optimiser per phase).
-
-    The model is in train mode (dropout, stochastic depth), as in real training; the CNN stays in eval mode.
-    """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-5)
-
-    def step() -> None:
-        with autocast(device, dtype):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train()
+    """The loop's training step (forward, backward, clipping, AdamW, schedule) under Accelerate."""
     with PeakMemory(device) as memory:
-        times = time_steps(step, device, args.warmup, args.steps, args.min_time, args.max_steps)
-    model.eval()
+        step = LoopTrainingStep(recipe, model, dtype_name, device)
+        times = time_steps(lambda: step(batch), device, args.warmup, args.steps, args.min_time, args.max_steps)
+        step.close()
     return times, memory
+
+
+def training_flops(recipe, model, batch, device: torch.device) -> tuple[float, dict[str, int]]:
+    """FLOPs per image of one training step (fp32; the frozen CNN runs forward only, as in the model)."""
+    step = LoopTrainingStep(recipe, model, "fp32", device)
+    flops = count_flops(lambda: step(batch), len(batch["pixel_values"]))
+    step.close()
+    return flops
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -298,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "num_threads": torch.get_num_threads(),
+            "recipe": args.recipe,
             "preset": args.preset,
             # Other processes on the same cores slow every phase: the load average tells whether the run had them.
             "loadavg_start": os.getloadavg(),
@@ -309,48 +146,48 @@ def run(args: argparse.Namespace) -> dict:
     for name in dtype_names:
         report["peak"][name] = matmul_peak(DTYPES[name], device, sizes, args.matmul_time)
 
-    model = build_model(args.preset, device)
+    recipe = benchmark_recipe(args.recipe, args.preset)
+    model = build_model(recipe, device)
     report["parameters"] = sum(p.numel() for p in model.parameters())
+    report["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report["attention"] = attention_implementation(model)
-    flop_batch = make_batch(model, 2, device, labels=True)
-    report["cnn_memory_format"] = cnn_memory_format(model, flop_batch)
-    inference_flops, inference_ops = count_flops(model, flop_batch, train=False)
-    training_flops, training_ops = count_flops(model, flop_batch, train=True)
-    report["flops_per_image"] = {"inference": inference_flops, "training": training_flops}
-    report["flop_ops"] = {"inference": inference_ops, "training": training_ops}
+    flop_batch = make_batch(recipe, model, 2, device)
+    report["cnn_memory_format"] = cnn_memory_format(model, flop_batch["pixel_values"])
+
+    def inference() -> None:
+        with torch.inference_mode():
+            model(flop_batch["pixel_values"])
+
+    inference_flops, inference_ops = count_flops(inference, 2)
+    report["flops_per_image"] = {"inference": inference_flops}
+    report["flop_ops"] = {"inference": inference_ops}
     report["attention"]["sdpa_ops_seen"] = sorted(op for op in inference_ops if "scaled_dot_product" in op)
 
-    phases = [("inference", batch_size) for batch_size in args.inference_batch_sizes]
-    phases.append(("training", args.train_batch_size))
-    for phase, batch_size in phases:
-        batch = make_batch(model, batch_size, device, labels=phase == "training")
+    for batch_size in args.inference_batch_sizes:
+        pixel_values = make_batch(recipe, model, batch_size, device)["pixel_values"]
         for name in dtype_names:
-            bench = benchmark_training if phase == "training" else benchmark_inference
-            times, memory = bench(model, batch, DTYPES[name], device, args)
-            median = statistics.median(times)
-            images_per_s = batch_size / median
-            achieved = report["flops_per_image"][phase] * images_per_s
-            report["results"].append(
-                {
-                    "phase": phase,
-                    "dtype": name,
-                    "batch_size": batch_size,
-                    "timed_steps": len(times),
-                    "median_s": median,
-                    "best_s": min(times),
-                    "images_per_s": images_per_s,
-                    "achieved_tflops": achieved / 1e12,
-                    "fraction_of_peak": achieved / report["peak"][name]["flops_per_s"],
-                    "memory_before_gib": memory.before_bytes / 2**30,
-                    "peak_memory_gib": memory.peak_bytes / 2**30,
-                    "memory_source": memory.source,
-                }
-            )
-            print(f"  done: {phase} {name} batch {batch_size}: {images_per_s:.2f} images/s", file=sys.stderr)
-        del batch
+            times, memory = benchmark_inference(model, pixel_values, name, device, args)
+            report["results"].append(result_row("inference", name, batch_size, times, memory, inference_flops, report))
+
+    mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
+    for mask_ratio in mask_ratios:
+        train_recipe = (
+            recipe if mask_ratio is None else benchmark_recipe(args.recipe, args.preset, mask_ratio=mask_ratio)
+        )
+        train_model = model if mask_ratio is None else build_model(train_recipe, device)
+        phase = "training" if mask_ratio is None else f"training mask {mask_ratio:g}"
+        flops, ops = training_flops(train_recipe, train_model, make_batch(train_recipe, train_model, 2, device), device)
+        report["flops_per_image"][phase], report["flop_ops"][phase] = flops, ops
+        batch = make_batch(train_recipe, train_model, args.train_batch_size, device)
+        for name in dtype_names:
+            times, memory = benchmark_training(train_recipe, train_model, batch, name, device, args)
+            report["results"].append(result_row(phase, name, args.train_batch_size, times, memory, flops, report))
 
     report["speedup_bf16_over_fp32"] = speedups(report["results"])
-    if report["attention"]["vit"] != "sdpa" or not report["attention"]["sdpa_ops_seen"]:
+    report["speedup_over_first_mask_ratio"] = mask_speedups(report["results"])
+    if report["attention"]["vit"] not in (None, "sdpa") or (
+        report["attention"]["vit"] and not report["attention"]["sdpa_ops_seen"]
+    ):
         report["notes"].append("the ViT does not run sdpa attention")
     if report["cnn_memory_format"] and not report["cnn_memory_format"].get("input_channels_last"):
         report["notes"].append(
@@ -367,6 +204,27 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def result_row(phase: str, dtype: str, batch_size: int, times: list[float], memory, flops: float, report) -> dict:
+    median = statistics.median(times)
+    images_per_s = batch_size / median
+    achieved = flops * images_per_s
+    print(f"  done: {phase} {dtype} batch {batch_size}: {images_per_s:.2f} images/s", file=sys.stderr)
+    return {
+        "phase": phase,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "timed_steps": len(times),
+        "median_s": median,
+        "best_s": min(times),
+        "images_per_s": images_per_s,
+        "achieved_tflops": achieved / 1e12,
+        "fraction_of_peak": achieved / report["peak"][dtype]["flops_per_s"],
+        "memory_before_gib": memory.before_bytes / 2**30,
+        "peak_memory_gib": memory.peak_bytes / 2**30,
+        "memory_source": memory.source,
+    }
+
+
 def speedups(results: list[dict]) -> dict[str, float]:
     """bf16 / fp32 images-per-second ratio for each phase and batch size measured in both dtypes."""
     rates = {(r["phase"], r["batch_size"], r["dtype"]): r["images_per_s"] for r in results}
@@ -377,37 +235,49 @@ def speedups(results: list[dict]) -> dict[str, float]:
     }
 
 
+def mask_speedups(results: list[dict]) -> dict[str, float]:
+    """Training images/s at each mask ratio over the first ratio's, per dtype (how much cheaper a masked step is)."""
+    masked = [r for r in results if r["phase"].startswith("training mask ")]
+    ratios = {}
+    for row in masked:
+        first = next(r for r in masked if r["dtype"] == row["dtype"])
+        if row is not first:
+            ratios[f"{row['phase']} / {first['phase']} ({row['dtype']})"] = row["images_per_s"] / first["images_per_s"]
+    return ratios
+
+
 def format_report(report: dict) -> str:
     """A plain-text table of the report."""
     env = report["environment"]
     lines = [
-        f"EMMA benchmark: preset {env['preset']}, {env['device']} ({env['cpu_capability']}), "
+        f"{env['recipe']} benchmark: preset {env['preset']}, {env['device']} ({env['cpu_capability']}), "
         f"{env['num_threads']} threads, torch {env['torch']}, transformers {env['transformers']}",
-        f"parameters: {report['parameters'] / 1e6:.1f} M; attention: {report['attention']}",
+        f"parameters: {report['parameters'] / 1e6:.1f} M ({report['trainable_parameters'] / 1e6:.1f} M trained); "
+        f"attention: {report['attention']}",
         f"CNN first conv channels_last: {report['cnn_memory_format']}",
         "matmul peak: "
         + ", ".join(
             f"{name} {peak['flops_per_s'] / 1e12:.3f} TFLOP/s (n={peak['best_size']})"
             for name, peak in report["peak"].items()
         ),
-        f"FLOPs per image: inference {report['flops_per_image']['inference'] / 1e9:.2f} G, "
-        f"training (fwd+bwd) {report['flops_per_image']['training'] / 1e9:.2f} G",
+        "FLOPs per image: "
+        + ", ".join(f"{phase} {flops / 1e9:.2f} G" for phase, flops in report["flops_per_image"].items()),
         "",
-        f"{'phase':<10} {'dtype':<5} {'batch':>5} {'steps':>5} {'s/step':>8} {'img/s':>8} "
+        f"{'phase':<18} {'dtype':<5} {'batch':>5} {'steps':>5} {'s/step':>8} {'img/s':>8} "
         f"{'TFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'(before)':>9}",
     ]
     for r in report["results"]:
         lines.append(
-            f"{r['phase']:<10} {r['dtype']:<5} {r['batch_size']:>5} {r['timed_steps']:>5} {r['median_s']:>8.3f} "
+            f"{r['phase']:<18} {r['dtype']:<5} {r['batch_size']:>5} {r['timed_steps']:>5} {r['median_s']:>8.3f} "
             f"{r['images_per_s']:>8.2f} {r['achieved_tflops']:>8.3f} {100 * r['fraction_of_peak']:>6.1f}% "
             f"{r['peak_memory_gib']:>8.2f} {r['memory_before_gib']:>9.2f}"
         )
-    if report["speedup_bf16_over_fp32"]:
-        lines.append("")
-        lines.append(
-            "bf16 / fp32 speed-up: "
-            + ", ".join(f"{key} {value:.2f}x" for key, value in report["speedup_bf16_over_fp32"].items())
-        )
+    for title, key in (
+        ("bf16 / fp32 speed-up", "speedup_bf16_over_fp32"),
+        ("mask ratio speed-up", "speedup_over_first_mask_ratio"),
+    ):
+        if report[key]:
+            lines += ["", f"{title}: " + ", ".join(f"{name} {value:.2f}x" for name, value in report[key].items())]
     lines += [f"note: {note}" for note in report["notes"]]
     lines.append(
         f"memory: {report['results'][0]['memory_source']}; total run {report['total_seconds']:.0f} s; load average "
@@ -418,9 +288,14 @@ def format_report(report: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="base", help='EMMA preset ("base" = paper size, "tiny") or a JSON file')
+    parser.add_argument("--recipe", default="emma", choices=RECIPE_NAMES, help="whose model and training step")
+    parser.add_argument("--preset", default="base", help='model preset ("base" = paper size, "tiny") or a JSON file')
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="both", choices=["fp32", "bf16", "both"])
+    parser.add_argument(
+        "--mask-ratios", type=float, nargs="+", default=None,
+        help="mae / cotex: one training phase per mask ratio (default: the recipe's own)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per phase (default: until --min-time, at most --max-steps)"
     )

@@ -1,4 +1,4 @@
-"""Smoke test of scripts/benchmark.py at the tiny preset: the report's structure, never its timings."""
+"""scripts/benchmark.py at the tiny preset: the report's structure and FLOP counts, never its timings."""
 
 import importlib.util
 import json
@@ -36,6 +36,26 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
         assert result["timed_steps"] == 1
         assert result["images_per_s"] > 0 and result["fraction_of_peak"] > 0 and result["peak_memory_gib"] > 0
     assert set(report["speedup_bf16_over_fp32"]) == {"inference_batch1", "inference_batch2", "training_batch2"}
+
+
+@pytest.mark.parametrize("recipe", ["mae", "cotex", "dan"])
+def test_every_recipe_times_the_loops_training_step(benchmark, recipe):
+    argv = f"--recipe {recipe} --preset tiny --device cpu --dtype fp32 --steps 1 --warmup 0".split()
+    argv += "--inference-batch-sizes 2 --train-batch-size 4 --matmul-sizes 64 --matmul-time 0.01".split()
+    low = {"mae": "0.5", "cotex": "0"}.get(recipe)
+    if low is not None:
+        argv += ["--mask-ratios", low, "0.75"]
+    report = benchmark.main(argv)
+    phases = [row["phase"] for row in report["results"]]
+    if recipe == "dan":
+        assert phases == ["inference", "training"] and report["attention"]["vit"] is None
+    else:
+        assert phases == ["inference", f"training mask {low}", "training mask 0.75"]
+        flops = report["flops_per_image"]
+        # Only the kept patches go through the encoder: a more masked step does fewer FLOPs (CoTEX: about a quarter).
+        assert flops["training mask 0.75"] < (0.6 if recipe == "cotex" else 0.95) * flops[f"training mask {low}"]
+        assert set(report["speedup_over_first_mask_ratio"]) == {f"training mask 0.75 / training mask {low} (fp32)"}
+    assert all(row["images_per_s"] > 0 and row["fraction_of_peak"] > 0 for row in report["results"])
 
 
 def test_speedups_pairs_dtypes(benchmark):

@@ -6,7 +6,6 @@ schedules, trackers, progress, atomic state saving, exact resume, model selectio
 returns, asks the recipe to evaluate, and keeps the model the recipe's score selects.
 """
 
-import contextlib
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from .state import (
     select_resume_state,
     write_history,
 )
+from .step import TrainingStep
 
 
 logger = logging.getLogger(__name__)
@@ -361,9 +361,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     learning_rate = args.learning_rate if args.learning_rate is not None else (
         args.base_learning_rate * effective_batch / 256
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(
-        recipe.parameter_groups(model, learning_rate), lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2)
-    )
+    optimizer = recipe.optimizer(model, learning_rate)
     scheduler = build_schedule(
         optimizer,
         args.lr_schedule,
@@ -375,6 +373,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    training_step = TrainingStep(accelerator, model, optimizer, scheduler, args.max_grad_norm)
 
     # A stream's saved position holds one entry per DataLoader worker: resuming needs as many workers.
     stream_workers = args.num_workers if isinstance(train_batches, _StreamBatches) else None
@@ -443,11 +442,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
                 window_start = position - position % accumulation
                 window_end = min(window_start + accumulation, micro_batches_per_epoch)
                 last_in_window = position + 1 == window_end
-                # Gradients are all-reduced only on a window's last micro-batch.
-                sync = contextlib.nullcontext() if last_in_window else accelerator.no_sync(model)
-                with sync:
-                    outputs = model(**batch)
-                    accelerator.backward(outputs.loss / (window_end - window_start))
+                outputs = training_step.backward(batch, window_end - window_start, last_in_window)
                 window.add(outputs, len(batch["pixel_values"]), unreadable)
                 state["batches_in_epoch"] += 1
                 if not last_in_window:
@@ -469,11 +464,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
                         f"{state['unreadable_images']} training images could not be decoded by step {step}, more "
                         f"than --max_bad_images {args.max_bad_images} (their paths are in the warnings above)"
                     )
-                if args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                training_step.update()
                 state["global_step"] = step
                 progress.update(1)
                 for name, value in losses.items():

@@ -85,6 +85,20 @@ class Recipe:
         """The optimiser's groups (each with `lr`): by default no weight decay on biases, norms and embeddings."""
         return weight_decay_parameter_groups(model, learning_rate, self.args.weight_decay)
 
+    def optimizer(self, model: PreTrainedModel, learning_rate: float) -> torch.optim.Optimizer:
+        """AdamW over the recipe's parameter groups, with its betas."""
+        betas = (self.args.adam_beta1, self.args.adam_beta2)
+        return torch.optim.AdamW(self.parameter_groups(model, learning_rate), lr=learning_rate, betas=betas)
+
+    def example_batch(self, model: PreTrainedModel, batch_size: int, generator: torch.Generator) -> dict:
+        """A random batch shaped like the training data's (for the benchmark): images and class labels."""
+        config = model.config
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        return {
+            "pixel_values": torch.randn(batch_size, 3, size, size, generator=generator),
+            "labels": torch.randint(0, config.num_labels, (batch_size,), generator=generator),
+        }
+
     def evaluate(self, model: torch.nn.Module, dataloader, accelerator: Accelerator) -> Evaluation:
         raise NotImplementedError
 

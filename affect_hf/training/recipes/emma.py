@@ -173,6 +173,15 @@ class EmmaRecipe(Recipe):
             model.config.vit_config.num_hidden_layers,
         )
 
+    def example_batch(self, model: EmmaForAffectAnalysis, batch_size: int, generator: torch.Generator) -> dict:
+        size, config = model.config.image_size, model.config
+        return {
+            "pixel_values": torch.randn(batch_size, 3, size, size, generator=generator),
+            "valence_arousal": torch.rand(batch_size, 2, generator=generator) * 2 - 1,
+            "expression": torch.randint(0, config.num_labels, (batch_size,), generator=generator),
+            "action_units": torch.randint(0, 2, (batch_size, config.num_action_units), generator=generator),
+        }
+
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
         thresholds = accelerator.unwrap_model(model).config.au_thresholds
         scores, fitted = evaluate_model(model, dataloader, accelerator, thresholds)

@@ -181,6 +181,10 @@ class MaeRecipe(Recipe):
             description=f"{stream.describe()}; {len(evaluation)} held-out images",
         )
 
+    def example_batch(self, model: ViTMAEForPreTraining, batch_size: int, generator: torch.Generator) -> dict:
+        size = model.config.image_size
+        return {"pixel_values": torch.randn(batch_size, 3, size, size, generator=generator)}
+
     @torch.no_grad()
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
         model.eval()

@@ -1,0 +1,40 @@
+"""The loop's training step, on its own so that the benchmark times exactly what training runs."""
+
+import contextlib
+
+import torch
+from accelerate import Accelerator
+
+
+class TrainingStep:
+    """Accumulate micro-batches (gradients all-reduced only on a window's last one), then clip and step.
+
+    The loop calls `backward` for each micro-batch and `update` once per window, with its checks in between;
+    `scripts/benchmark.py` calls the two in a row.
+    """
+
+    def __init__(self, accelerator: Accelerator, model, optimizer, scheduler, max_grad_norm: float):
+        self.accelerator, self.model = accelerator, model
+        self.optimizer, self.scheduler, self.max_grad_norm = optimizer, scheduler, max_grad_norm
+
+    def backward(self, batch: dict, window_size: int, last_in_window: bool):
+        """Forward and backward of one micro-batch; its loss counts 1 / `window_size` of the window's gradient."""
+        sync = contextlib.nullcontext() if last_in_window else self.accelerator.no_sync(self.model)
+        with sync:
+            outputs = self.model(**batch)
+            self.accelerator.backward(outputs.loss / window_size)
+        return outputs
+
+    def update(self) -> None:
+        """Clip (when asked), step the optimiser and the schedule, clear the gradients."""
+        if self.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def run(self, batch: dict) -> torch.Tensor:
+        """One whole optimiser step on one batch (no accumulation); returns the loss."""
+        outputs = self.backward(batch, window_size=1, last_in_window=True)
+        self.update()
+        return outputs.loss
