@@ -25,6 +25,8 @@ setup(
         "pillow>=10.0",
         "pyyaml>=6.0",
         "tqdm>=4.60",
+        # StatefulDataLoader: the exact position of a streamed dataset across DataLoader workers (pure Python).
+        "torchdata>=0.10",
     ],
     extras_require={
         "tensorboard": ["tensorboard>=2.14"],

@@ -1,4 +1,4 @@
-"""`affect-hf` command line: demo, train, make-synthetic."""
+"""`affect-hf` command line: demo, train (any recipe), make-synthetic (data for every recipe)."""
 
 import argparse
 import json
@@ -9,6 +9,7 @@ from .files import write_text_atomically
 
 
 DEMO_SCORES = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
+SYNTHETIC_KINDS = ("mtl", "lsd", "affectnet", "faces")
 
 
 def run_demo(output_dir: str, num_train: int, num_validation: int, epochs: int, seed: int) -> dict:
@@ -71,11 +72,20 @@ def main(argv: list[str] | None = None) -> None:
 
     commands.add_parser("train", help="train (same options as scripts/train.py)", add_help=False)
 
-    synthetic = commands.add_parser("make-synthetic", help="write a synthetic ABAW4 MTL set in the real layout")
-    synthetic.add_argument("root")
-    synthetic.add_argument("--num_train", type=int, default=2048)
-    synthetic.add_argument("--num_validation", type=int, default=512)
-    synthetic.add_argument("--num_test", type=int, default=128)
+    synthetic = commands.add_parser(
+        "make-synthetic",
+        help="write synthetic data in a real layout: ABAW4 MTL (for emma), ABAW4 LSD (cotex), AffectNet (dan) or "
+        "unlabeled faces (mae)",
+    )
+    synthetic.add_argument("root", help="an empty or new folder")
+    synthetic.add_argument("--kind", default="mtl", choices=SYNTHETIC_KINDS)
+    synthetic.add_argument("--num_train", type=int, default=2048, help="mtl: frames; lsd, affectnet: per class")
+    synthetic.add_argument("--num_validation", type=int, default=512, help="mtl: frames; lsd, affectnet: per class")
+    synthetic.add_argument("--num_test", type=int, default=128, help="mtl: test frames")
+    synthetic.add_argument("--num_images", type=int, default=1024, help="faces: images")
+    synthetic.add_argument("--num_corrupt", type=int, default=0, help="faces: broken files among them")
+    synthetic.add_argument("--images_per_shard", type=int, default=0, help="faces: pack into .tar shards of N")
+    synthetic.add_argument("--layout", default=None, help="lsd: abaw or authors; affectnet: folders or csv")
     synthetic.add_argument("--seed", type=int, default=0)
 
     if argv[:1] == ["train"]:
@@ -88,16 +98,33 @@ def main(argv: list[str] | None = None) -> None:
         result = run_demo(args.output_dir, args.num_train, args.num_validation, args.epochs, args.seed)
         write_text_atomically(Path(args.output_dir) / "demo_scores.json", json.dumps(result, indent=2))
     elif args.command == "make-synthetic":
-        from .data import make_synthetic_abaw
+        try:
+            print(make_synthetic(args))
+        except (FileExistsError, ValueError) as error:
+            parser.exit(2, f"affect-hf make-synthetic: error: {error}\n")
 
-        root = make_synthetic_abaw(
-            args.root,
-            num_train=args.num_train,
-            num_validation=args.num_validation,
-            num_test=args.num_test,
+
+def make_synthetic(args: argparse.Namespace) -> Path:
+    """Write the synthetic set `args.kind` under `args.root` (which must be empty or new)."""
+    from .data import make_synthetic_abaw
+    from .data.synthetic_faces import make_synthetic_affectnet, make_synthetic_faces, make_synthetic_lsd
+
+    if args.kind == "mtl":
+        return make_synthetic_abaw(
+            args.root, num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
             seed=args.seed,
-        )
-        print(root)
+        )  # fmt: skip
+    if args.kind == "faces":
+        return make_synthetic_faces(
+            args.root, num_images=args.num_images, num_corrupt=args.num_corrupt,
+            images_per_shard=args.images_per_shard, seed=args.seed,
+        )  # fmt: skip
+    make = make_synthetic_lsd if args.kind == "lsd" else make_synthetic_affectnet
+    layout = {"layout": args.layout} if args.layout else {}
+    return make(
+        args.root, num_train_per_class=args.num_train, num_validation_per_class=args.num_validation, seed=args.seed,
+        **layout,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 
 from affect_hf.cli import main
 from affect_hf.data import load_abaw_mtl
+from affect_hf.data.abaw_lsd import load_abaw_lsd
 
 
 def test_demo_learns_scores_saves_and_classifies(tmp_path, capsys):
@@ -27,6 +28,24 @@ def test_make_synthetic_writes_a_readable_set(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "abaw")
     assert len(load_abaw_mtl(tmp_path / "abaw", "train")) == 40
     assert len(load_abaw_mtl(tmp_path / "abaw", "validation")) == 20
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "check"),
+    [
+        ("lsd", ["--num_train", "2", "--num_validation", "1"], lambda root: len(load_abaw_lsd(root, "train")) == 12),
+        ("affectnet", ["--num_train", "2", "--num_validation", "1", "--layout", "csv"],
+         lambda root: (root / "training.csv").is_file()),
+        ("faces", ["--num_images", "6", "--images_per_shard", "3"], lambda root: len(list(root.glob("*.tar"))) == 2),
+    ],
+)  # fmt: skip
+def test_make_synthetic_writes_every_kind_and_refuses_a_used_folder(tmp_path, capsys, kind, options, check):
+    root = tmp_path / kind
+    main(["make-synthetic", str(root), "--kind", kind, *options])
+    assert capsys.readouterr().out.strip() == str(root) and check(root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["make-synthetic", str(root), "--kind", kind, *options])
+    assert exit_info.value.code == 2 and "is not an empty folder" in capsys.readouterr().err
 
 
 def test_unknown_command_exits_with_usage(capsys):

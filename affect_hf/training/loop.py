@@ -315,7 +315,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
 
     model = recipe.build_model()
     data = recipe.build_data(model, accelerator)
-    if data.evaluation is not None and not args.eval_on_start:
+    if data.evaluation is not None:
         _check_evaluation_images(data.evaluation, args, accelerator)
 
     if hasattr(data.train, "batches_per_epoch"):

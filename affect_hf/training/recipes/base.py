@@ -17,8 +17,19 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from ...data.datasets import collate_skipping_unreadable
+from ...hub import render_model_card, save_model_folder
 from ..arguments import TrainingArguments
-from ..optimization import weight_decay_parameter_groups
+from ..optimization import layer_decay_parameter_groups, weight_decay_parameter_groups
+
+
+# MAE fine-tuning's optimiser and schedule (BEiT / MAE), which EMMA and CoTEX start from.
+VIT_FINETUNING_DEFAULTS = {
+    "min_learning_rate": 1e-6,
+    "lr_schedule": "cosine",
+    "weight_decay": 0.05,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+}
 
 
 @dataclass
@@ -59,6 +70,13 @@ class Recipe:
     greater_is_better: ClassVar[bool] = True
     # Files the recipe writes in the output folder (besides the loop's), deleted by --overwrite_output_dir.
     run_files: ClassVar[tuple[str, ...]] = ()
+    # What a saved folder's card says: its template, the data's name and type, the scores in its model-index
+    # (None: the ABAW scores), its tags and pipeline.
+    card_template: ClassVar[Path]
+    card_dataset: ClassVar[tuple[str, str]] = ("", "")
+    card_index_metrics: ClassVar[tuple[str, ...] | None] = None
+    card_tags: ClassVar[tuple[str, ...]] = ()
+    card_pipeline_tag: ClassVar[str | None] = "image-classification"
 
     def __init__(self, training_args: TrainingArguments, recipe_args: Any):
         self.recipe_args = recipe_args
@@ -102,17 +120,52 @@ class Recipe:
     def evaluate(self, model: torch.nn.Module, dataloader, accelerator: Accelerator) -> Evaluation:
         raise NotImplementedError
 
+    def card_note(self, evaluation: Evaluation | None) -> str:
+        """A sentence under the card's scores (what they mean, where they come from)."""
+        return ""
+
+    def card_data_dir(self) -> str:
+        return data_folder_name(self.recipe_args.data_dir)
+
     def save_model(
         self, model: PreTrainedModel, folder: Path, evaluation: Evaluation | None, run_config: dict[str, Any]
     ) -> None:
-        """Write the Hub-ready folder (weights, config, code, processor, card); main process only."""
-        raise NotImplementedError
+        """Write the Hub-ready folder (weights, config, code, image processor, card); main process only."""
+        dataset_name, dataset_type = self.card_dataset
+        card = render_model_card(
+            model,
+            self.card_template,
+            scores=evaluation.scores if evaluation is not None else None,
+            training_arguments=run_config,
+            repo_id=self.args.hub_model_id,
+            dataset_name=dataset_name,
+            dataset_type=dataset_type,
+            data_dir=self.card_data_dir(),
+            data_note=self.card_note(evaluation),
+            index_metrics=self.card_index_metrics,
+            tags=self.card_tags,
+            pipeline_tag=self.card_pipeline_tag,
+        )
+        save_model_folder(model, folder, card)
 
     def run_config(self) -> dict[str, Any]:
         """Every option of the run (the token left out), for the tracker, the history and the card."""
         config = {key: value for key, value in asdict(self.args).items() if key != "hub_token"}
         config.update(asdict(self.recipe_args))
         return config
+
+
+class ViTFineTuningRecipe(Recipe):
+    """A recipe that fine-tunes MAE ViTs (EMMA, CoTEX): layer-wise learning-rate decay over the ViT's depth."""
+
+    def parameter_groups(self, model: PreTrainedModel, learning_rate: float) -> list[dict]:
+        return layer_decay_parameter_groups(
+            model,
+            learning_rate,
+            self.args.weight_decay,
+            self.recipe_args.layer_decay,
+            model.config.vit_config.num_hidden_layers,
+        )
 
 
 def data_folder_name(path: str | os.PathLike) -> str:

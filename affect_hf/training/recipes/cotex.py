@@ -9,7 +9,6 @@ by the batch; here the base rate 1.25e-4 x effective batch / 256 gives exactly 5
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
@@ -20,12 +19,10 @@ from modeling.configuration_cotex import JS_REDUCTIONS
 
 from ...data import AffectImageTransform, ImageDataset, class_label
 from ...data.abaw_lsd import load_abaw_lsd
-from ...hub import render_model_card, save_model_folder
 from ...labels import LSD_EXPRESSIONS
 from ..evaluation import evaluate_classifier
-from ..optimization import layer_decay_parameter_groups
 from ..presets import config_from_preset
-from .base import Evaluation, Recipe, RecipeData, data_folder_name
+from .base import VIT_FINETUNING_DEFAULTS, Evaluation, RecipeData, ViTFineTuningRecipe
 from .checks import check_model_folder, limit_rows
 
 
@@ -64,11 +61,15 @@ def grown_batch_size(unmasked_batch_size: int, mask_ratio: float, max_batch_size
     return min(unmasked_batch_size * int(1 / (1 - mask_ratio)), max_batch_size)
 
 
-class CotexRecipe(Recipe):
+class CotexRecipe(ViTFineTuningRecipe):
     name = "cotex"
     description = "masked CoTEX: co-trained MAE ViTs for the 6 ABAW4 LSD expressions"
     arguments_class = CotexArguments
     selection_score = "f1_macro"
+    card_template = COTEX_TEMPLATE
+    card_dataset = ("ABAW4 LSD format (validation: real faces)", "abaw-lsd")
+    card_index_metrics = ("f1_macro", "accuracy")
+    card_tags = ("affect", "facial-expression", "abaw", "vit-mae", "cotex", "custom_code")
 
     @classmethod
     def loop_defaults(cls, recipe_args) -> dict[str, Any]:
@@ -80,12 +81,8 @@ class CotexRecipe(Recipe):
             ),
             "gradient_accumulation_steps": 4,
             "base_learning_rate": 1.25e-4,
-            "min_learning_rate": 1e-6,
-            "lr_schedule": "cosine",
-            "weight_decay": 0.05,
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.999,
             "max_grad_norm": 0.05,
+            **VIT_FINETUNING_DEFAULTS,
         }
 
     def check_arguments(self) -> None:
@@ -135,34 +132,8 @@ class CotexRecipe(Recipe):
             description=f"ABAW LSD {len(train_split)} synthetic training / {len(eval_split)} real validation faces",
         )
 
-    def parameter_groups(self, model: CotexForImageClassification, learning_rate: float) -> list[dict]:
-        return layer_decay_parameter_groups(
-            model,
-            learning_rate,
-            self.args.weight_decay,
-            self.recipe_args.layer_decay,
-            model.config.vit_config.num_hidden_layers,
-        )
-
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
         return Evaluation(scores=evaluate_classifier(model, dataloader, accelerator, LSD_EXPRESSIONS))
-
-    def save_model(
-        self, model: CotexForImageClassification, folder: Path, evaluation: Evaluation | None, run_config: dict
-    ) -> None:
-        card = render_model_card(
-            model,
-            COTEX_TEMPLATE,
-            scores=evaluation.scores if evaluation is not None else None,
-            training_arguments=run_config,
-            repo_id=self.args.hub_model_id,
-            dataset_name="ABAW4 LSD format (validation: real faces)",
-            dataset_type="abaw-lsd",
-            data_dir=data_folder_name(self.recipe_args.data_dir),
-            index_metrics=("f1_macro", "accuracy"),
-            tags=("affect", "facial-expression", "abaw", "vit-mae", "cotex", "custom_code"),
-        )
-        save_model_folder(model, folder, card)
 
 
 __all__ = ["CotexArguments", "CotexRecipe", "grown_batch_size"]

@@ -9,7 +9,6 @@ random erasing. The model with the best validation accuracy (DAN's criterion) is
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,10 @@ from modeling import DanConfig, DanForImageClassification
 
 from ...data import AffectImageTransform, ClassBalancedDataset, DanTrainTransform, ImageDataset, class_label
 from ...data.affectnet import load_affectnet
-from ...hub import render_model_card, save_model_folder
 from ...labels import AFFECTNET_EXPRESSIONS
 from ..evaluation import evaluate_classifier
 from ..presets import config_from_preset
-from .base import Evaluation, Recipe, RecipeData, data_folder_name
+from .base import Evaluation, Recipe, RecipeData
 from .checks import check_model_folder, limit_rows
 
 
@@ -52,6 +50,10 @@ class DanRecipe(Recipe):
     description = "DAN, the expression CNN whose scores EMMA reads, on 8-class AffectNet-style data"
     arguments_class = DanArguments
     selection_score = "accuracy"
+    card_template = DAN_TEMPLATE
+    card_dataset = ("AffectNet format (8 expressions)", "affectnet")
+    card_index_metrics = ("accuracy", "f1_macro")
+    card_tags = ("affect", "facial-expression", "affectnet", "dan", "custom_code")
 
     @classmethod
     def loop_defaults(cls, recipe_args) -> dict[str, Any]:
@@ -113,23 +115,6 @@ class DanRecipe(Recipe):
 
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
         return Evaluation(scores=evaluate_classifier(model, dataloader, accelerator, AFFECTNET_EXPRESSIONS))
-
-    def save_model(
-        self, model: DanForImageClassification, folder: Path, evaluation: Evaluation | None, run_config: dict
-    ) -> None:
-        card = render_model_card(
-            model,
-            DAN_TEMPLATE,
-            scores=evaluation.scores if evaluation is not None else None,
-            training_arguments=run_config,
-            repo_id=self.args.hub_model_id,
-            dataset_name="AffectNet format (8 expressions)",
-            dataset_type="affectnet",
-            data_dir=data_folder_name(self.recipe_args.data_dir),
-            index_metrics=("accuracy", "f1_macro"),
-            tags=("affect", "facial-expression", "affectnet", "dan", "custom_code"),
-        )
-        save_model_folder(model, folder, card)
 
 
 __all__ = ["DanArguments", "DanRecipe"]

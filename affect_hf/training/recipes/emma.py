@@ -17,13 +17,11 @@ from model_cards import EMMA_TEMPLATE
 from modeling import EmmaForAffectAnalysis
 
 from ...data import AbawMtlTorchDataset, load_abaw_mtl
-from ...hub import render_model_card, save_model_folder
 from ...labels import MISSING_ACTION_UNIT
 from ...metrics import abaw_mtl_score, fit_au_thresholds
 from ..evaluation import gather_predictions
-from ..optimization import layer_decay_parameter_groups
 from ..presets import emma_config_from_preset
-from .base import Evaluation, Recipe, RecipeData, data_folder_name
+from .base import VIT_FINETUNING_DEFAULTS, Evaluation, RecipeData, ViTFineTuningRecipe
 from .checks import check_model_folder, limit_rows
 
 
@@ -97,11 +95,14 @@ def evaluate_model(
     return {key: float(value) for key, value in scores.items()}, fitted
 
 
-class EmmaRecipe(Recipe):
+class EmmaRecipe(ViTFineTuningRecipe):
     name = "emma"
     description = "EMMA multi-task affect (valence/arousal, 8 expressions, 12 AUs) on ABAW4 MTL data"
     arguments_class = EmmaArguments
     selection_score = "P_MTL"
+    card_template = EMMA_TEMPLATE
+    card_dataset = ("ABAW4 MTL (s-Aff-Wild2) format", "abaw-mtl")
+    card_tags = ("affect", "facial-expression", "action-units", "valence-arousal", "abaw", "vit-mae", "custom_code")
 
     @classmethod
     def loop_defaults(cls, recipe_args) -> dict[str, Any]:
@@ -111,12 +112,8 @@ class EmmaRecipe(Recipe):
             "per_device_train_batch_size": 64,
             "gradient_accumulation_steps": 1,
             "base_learning_rate": 5e-4,
-            "min_learning_rate": 1e-6,
-            "lr_schedule": "cosine",
-            "weight_decay": 0.05,
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.999,
             "max_grad_norm": 1.0,
+            **VIT_FINETUNING_DEFAULTS,
         }
 
     def check_arguments(self) -> None:
@@ -164,15 +161,6 @@ class EmmaRecipe(Recipe):
             description=f"ABAW MTL {len(train_split)} training / {len(eval_split)} validation frames",
         )
 
-    def parameter_groups(self, model: EmmaForAffectAnalysis, learning_rate: float) -> list[dict]:
-        return layer_decay_parameter_groups(
-            model,
-            learning_rate,
-            self.args.weight_decay,
-            self.recipe_args.layer_decay,
-            model.config.vit_config.num_hidden_layers,
-        )
-
     def example_batch(self, model: EmmaForAffectAnalysis, batch_size: int, generator: torch.Generator) -> dict:
         size, config = model.config.image_size, model.config
         return {
@@ -190,29 +178,25 @@ class EmmaRecipe(Recipe):
     def save_model(
         self, model: EmmaForAffectAnalysis, folder: Path, evaluation: Evaluation | None, run_config: dict[str, Any]
     ) -> None:
+        """The card's folder, with the AU thresholds fitted on validation when `--fit_au_thresholds`."""
         thresholds = model.config.au_thresholds
-        note = "AU decisions at the config's thresholds."
-        if self.recipe_args.fit_au_thresholds and evaluation is not None:
+        if self.fits_thresholds(evaluation):
             model.config.au_thresholds = [float(value) for value in evaluation.extras["fitted_au_thresholds"]]
-            note = (
+        try:
+            super().save_model(model, folder, evaluation, run_config)
+        finally:
+            model.config.au_thresholds = thresholds
+
+    def fits_thresholds(self, evaluation: Evaluation | None) -> bool:
+        return self.recipe_args.fit_au_thresholds and evaluation is not None
+
+    def card_note(self, evaluation: Evaluation | None) -> str:
+        if self.fits_thresholds(evaluation):
+            return (
                 "AU thresholds were fitted on this validation split (P_AU_fitted_thresholds): the scores at those "
                 "thresholds are optimistic."
             )
-        try:
-            card = render_model_card(
-                model,
-                EMMA_TEMPLATE,
-                scores=evaluation.scores if evaluation is not None else None,
-                training_arguments=run_config,
-                repo_id=self.args.hub_model_id,
-                dataset_name="ABAW4 MTL (s-Aff-Wild2) format",
-                dataset_type="abaw-mtl",
-                data_dir=data_folder_name(self.recipe_args.data_dir),
-                data_note=note,
-            )
-            save_model_folder(model, folder, card)
-        finally:
-            model.config.au_thresholds = thresholds
+        return "AU decisions at the config's thresholds."
 
 
 __all__ = ["EmmaArguments", "EmmaRecipe", "au_pos_weight_from_labels", "evaluate_model", "predict"]

@@ -22,7 +22,6 @@ from model_cards import MAE_TEMPLATE
 from ...data import AffectImageTransform, RandomResizedCropTransform
 from ...data.streams import ImageSource, ImageStream, RecordDataset, readable_records
 from ...data.transforms import IMAGE_MEAN, IMAGE_STD
-from ...hub import render_model_card, save_model_folder
 from ..presets import config_from_preset
 from .base import Evaluation, Recipe, RecipeData, data_folder_name
 from .checks import check_model_folder
@@ -121,6 +120,10 @@ class MaeRecipe(Recipe):
     arguments_class = MaeArguments
     selection_score = None  # keep the last, as MAE pretraining does
     run_files: ClassVar[tuple[str, ...]] = (TRAIN_LIST_FILE, VALIDATION_LIST_FILE)
+    card_template = MAE_TEMPLATE
+    card_index_metrics = ()  # a reconstruction loss is no benchmark result
+    card_tags = ("vit-mae", "masked-autoencoder", "faces", "affect", "facial-prior")
+    card_pipeline_tag = None
 
     @classmethod
     def loop_defaults(cls, recipe_args) -> dict[str, Any]:
@@ -204,22 +207,13 @@ class MaeRecipe(Recipe):
             images["reconstruction"] = reconstruction_figure(unwrapped, pixel_values, noise)
         return Evaluation(scores=scores, images=images)
 
-    def save_model(self, model: ViTMAEForPreTraining, folder: Path, evaluation: Evaluation | None, run_config) -> None:
+    def card_data_dir(self) -> str:
+        return data_folder_name(self.recipe_args.validation_dir or self.recipe_args.data_dir)
+
+    def card_note(self, evaluation: Evaluation | None) -> str:
         options = self.recipe_args
         held_out = options.validation_dir or f"the first {options.num_validation_images} images of the source"
-        card = render_model_card(
-            model,
-            MAE_TEMPLATE,
-            scores=evaluation.scores if evaluation is not None else None,
-            training_arguments=run_config,
-            repo_id=self.args.hub_model_id,
-            data_dir=data_folder_name(options.validation_dir or options.data_dir),
-            data_note=f"Held out: {held_out}. Pretrained on {data_folder_name(options.data_dir)}.",
-            index_metrics=(),
-            tags=("vit-mae", "masked-autoencoder", "faces", "affect", "facial-prior"),
-            pipeline_tag=None,
-        )
-        save_model_folder(model, folder, card)
+        return f"Held out: {held_out}. Pretrained on {data_folder_name(options.data_dir)}."
 
 
 __all__ = ["FixedMaskDataset", "MaeArguments", "MaeRecipe", "per_image_loss", "reconstruction_figure"]
