@@ -4,6 +4,9 @@ counted, and none loses the results a run already has."""
 import dataclasses
 import json
 import logging
+import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -15,7 +18,7 @@ from affect_hf.data import make_synthetic_abaw
 from affect_hf.training import NonFiniteLossError, TrainingArguments, train
 from affect_hf.training.state import CorruptStateError, find_latest_state, select_resume_state
 from modeling import EmmaForAffectAnalysis
-from tests.runs import REPO_ROOT, run_arguments
+from tests.runs import REPO_ROOT, as_flags, run_arguments, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state_and_model
 def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(small_abaw, tmp_path):
     train(*emma_run(small_abaw, tmp_path))
     (tmp_path / "notes.txt").write_text("the user's own file")
-    with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest .* --overwrite_output_dir"):
+    with pytest.raises(
+        FileExistsError, match="holds another run .*--resume_from_checkpoint latest .*--overwrite_output_dir"
+    ):
         train(*emma_run(small_abaw, tmp_path))
 
     state = train(*emma_run(small_abaw, tmp_path, overwrite_output_dir=True, max_steps=3))
@@ -79,7 +84,7 @@ def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(small_abaw, 
          str(tmp_path), "--model_config", "tiny", "--report_to", "none"],
         capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""},
     )  # fmt: skip
-    assert result.returncode != 0 and "is not empty" in result.stderr
+    assert result.returncode != 0 and "holds another run" in result.stderr
 
 
 def test_resuming_with_another_batch_or_learning_rate_is_refused_naming_the_differences(small_abaw, tmp_path):
@@ -150,6 +155,33 @@ def test_an_output_dir_that_cannot_be_written_fails_at_once(small_abaw, tmp_path
     (tmp_path / "a_file").write_text("")
     with pytest.raises(PermissionError, match="is not writable"):
         train(*emma_run(small_abaw, tmp_path / "a_file" / "run"))
+    with pytest.raises(NotADirectoryError, match="a_file is a file, not a folder"):
+        train(*emma_run(small_abaw, tmp_path / "a_file"))
+
+
+def test_resuming_on_other_data_is_refused(small_abaw, tmp_path):
+    train(*emma_run(small_abaw, tmp_path / "run", max_steps=2))
+    other = make_synthetic_abaw(tmp_path / "other", num_train=64, num_validation=16, num_test=2, image_size=32, seed=1)
+    with pytest.raises(ValueError, match=r"differs from the saved one \(data .*'data_dir': '.*other'"):
+        train(*emma_run(other, tmp_path / "run", max_steps=2, resume_from_checkpoint="latest"))
+
+
+def test_ctrl_c_is_recorded_and_the_run_resumes(small_abaw, tmp_path):
+    loop, emma = emma_run(small_abaw, tmp_path, num_train_epochs=12, save_steps=2)  # 96 steps
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *as_flags(loop, emma)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(tmp_path / "training_history.json", process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted; resume with --resume_from_checkpoint latest" in stderr
+    history = json.loads((tmp_path / "training_history.json").read_text())
+    assert re.fullmatch(r"interrupted at step \d+", history["status"]), history["status"]
+    assert history["global_step"] < 96, "interrupted before the end"
+    state = train(dataclasses.replace(loop, resume_from_checkpoint="latest"), emma)
+    assert state["status"] == "completed" and state["global_step"] == 96
 
 
 @pytest.mark.parametrize("field", ["learning_rate", "base_learning_rate"])

@@ -212,6 +212,16 @@ def _is_broken(path: str) -> bool:
     return False
 
 
+def test_a_run_that_failed_before_training_leaves_a_reusable_folder_and_resumes_check_the_held_out_set(faces, tmp_path):
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        train(*mae_run(faces, tmp_path, per_device_train_batch_size=4096))
+    assert (tmp_path / "train_images.txt").is_file()
+    state = train(*mae_run(faces, tmp_path, max_steps=2))  # the listing a failed start left is no run
+    assert state["status"] == "completed"
+    with pytest.raises(ValueError, match=r"\(data .*'num_validation_images': 32\} -> .*'num_validation_images': 31"):
+        train(*mae_run(faces, tmp_path, max_steps=2, num_validation_images=31, resume_from_checkpoint="latest"))
+
+
 def test_mae_pretraining_streams_tar_shards_against_a_validation_folder(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -258,8 +268,14 @@ def test_a_killed_run_resumes_to_the_same_weights(recipe, faces, lsd_root, affec
 
 
 def test_a_two_process_mae_run_sees_each_image_once_per_epoch(tmp_path):
-    """Real 2-rank data parallel on CPU (gloo): 48 faces, 8 held out, 40 streamed as 20 per process per epoch."""
+    """Real 2-rank data parallel on CPU (gloo): 48 faces, 8 held out, 40 streamed as 20 per process per epoch.
+
+    One training image is broken: read exactly once per epoch across the processes, it is counted once per epoch;
+    processes that read the same images (or skip some) would count it 0 or 2 times.
+    """
     faces = make_synthetic_faces(tmp_path / "faces", num_images=48, max_size=40)
+    last = sorted(path for path in faces.rglob("*") if path.is_file())[-1]  # in the training part, not held out
+    last.write_bytes(b"broken")
     output_dir = tmp_path / "ddp"
     flags = [
         "--recipe", "mae", "--data_dir", str(faces), "--output_dir", str(output_dir), "--model_config", "tiny",
@@ -270,7 +286,8 @@ def test_a_two_process_mae_run_sees_each_image_once_per_epoch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output_dir / "training_history.json").read_text())
     assert state["run"]["num_processes"] == 2 and state["global_step"] == 2 * 5
-    assert [entry["train_images"] for entry in state["history"]] == [40, 80]
+    assert [entry["unreadable_images"] for entry in state["history"]] == [1, 2]
+    assert [entry["train_images"] for entry in state["history"]] == [39, 78]
     assert (output_dir / "best_model" / "model.safetensors").is_file()
 
 
@@ -289,5 +306,9 @@ def test_help_shows_the_recipes_own_options_and_foreign_ones_are_refused(recipe,
     assert exit_info.value.code == 0 and f"Train with the {recipe} recipe" in shown
     assert own in shown and foreign not in shown
     assert f"(default: {default})" in shown.split("  --base_learning_rate")[1].split("  --")[0]
-    with pytest.raises(ValueError, match=f"not used by the HfArgumentParser.*{foreign}"):
+    with pytest.raises(SystemExit) as exit_info:
         parse_train_arguments(["--recipe", recipe, "--data_dir", "d", foreign, "x"])
+    message = capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2 and f"not an option of the {recipe} recipe: {foreign} (an option of the " in message
+    )

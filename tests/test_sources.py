@@ -88,6 +88,12 @@ def test_affectnet_csv_skips_and_counts_non_expression_codes_and_missing_images(
     lines = (root / "training.csv").read_text().splitlines()
     expression_rows = [line for line in lines[1:] if int(line.rsplit(",", 3)[1]) < 8]
     assert len(train) == len(expression_rows)
+    # The released validation.csv has no header line: it is read in AffectNet's column order.
+    validation_lines = (root / "validation.csv").read_text().splitlines()
+    assert not validation_lines[0].startswith("subDirectory_filePath")
+    with pytest.warns(UserWarning, match="Skipped 5 rows"):
+        validation = load_affectnet(root, "validation")
+    assert len(validation) == len(validation_lines) - 5 and validation[0]["name"] == validation_lines[0].split(",")[0]
     first = expression_rows[0].split(",")[0]
     assert train[0]["name"] == first and train[0]["label"] == int(expression_rows[0].rsplit(",", 3)[1])
 
@@ -233,6 +239,23 @@ def test_a_stream_resumes_exactly_from_its_saved_position(face_shards, tmp_path,
     assert len(head) + len(tail) == len(full)
     for expected, actual in zip(full, head + tail, strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_sources_that_cannot_be_streamed_are_refused_by_name(face_folder, face_shards, tmp_path):
+    compressed = tmp_path / "faces.tar.gz"
+    compressed.write_bytes(b"\x1f\x8b\x08\x00")
+    with pytest.raises(ValueError, match="faces.tar.gz: compressed tars cannot be read"):
+        ImageSource(compressed, tmp_path / "l.txt")
+    binary = tmp_path / "list.bin"
+    binary.write_bytes(b"faces/1.jpg\n\xff\xfe\x00garbage\n")
+    with pytest.raises(ValueError, match="list.bin, line 2: not UTF-8 text"):
+        ImageSource(binary, tmp_path / "l.txt")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jpg").write_bytes((face_folder / "group_0" / "000000.jpg").read_bytes())
+    (mixed / "faces-000000.tar").write_bytes((face_shards / "faces-000000.tar").read_bytes())
+    with pytest.raises(ValueError, match=r"holds both .tar shards \(1\) and images or folders \(1\)"):
+        ImageSource(mixed, tmp_path / "l.txt")
 
 
 def test_a_source_with_nothing_to_train_on_is_refused(face_folder, tmp_path):

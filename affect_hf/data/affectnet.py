@@ -5,7 +5,8 @@ Layouts (both accepted):
 ```
 root/train/<class>/*.jpg, root/val/<class>/ (or validation/)   class folders by name (any case) or index 0-7
 root/training.csv, root/validation.csv                          AffectNet's own lists: subDirectory_filePath,
-                                                                ..., expression, ...; images under
+                                                                ..., expression, ... (validation.csv ships
+                                                                without a header); images under
                                                                 root/Manually_Annotated_Images/ (or image_dir)
 ```
 
@@ -15,6 +16,7 @@ image is missing.
 """
 
 import csv
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -29,6 +31,11 @@ AFFECTNET_SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val",
 AFFECTNET_CSV_FILES = {"train": "training.csv", "validation": "validation.csv"}
 AFFECTNET_IMAGE_DIRS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
 AFFECTNET_PATH_COLUMN, AFFECTNET_LABEL_COLUMN = "subDirectory_filePath", "expression"
+# AffectNet's columns, for the released validation.csv, which has no header line.
+AFFECTNET_COLUMNS = (
+    "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks", "expression",
+    "valence", "arousal",
+)  # fmt: skip
 
 
 def load_affectnet(root: str | os.PathLike, split: str, image_dir: str | os.PathLike | None = None) -> Dataset:
@@ -69,15 +76,23 @@ def _load_csv(path: Path, split: str, image_dir: str | os.PathLike | None) -> Da
     image_dir = _image_dir(path.parent, image_dir)
     names, labels, skipped_codes, missing = [], [], 0, []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or AFFECTNET_PATH_COLUMN not in header or AFFECTNET_LABEL_COLUMN not in header:
-            raise ValueError(
-                f"{path}, line 1: expected a header with {AFFECTNET_PATH_COLUMN} and {AFFECTNET_LABEL_COLUMN}, "
-                f"found {header}"
-            )
+        rows = enumerate(csv.reader(handle), start=1)
+        first_line, header = next(rows, (1, None))
+        if header is None:
+            raise ValueError(f"{path} is empty")
+        if AFFECTNET_PATH_COLUMN not in header:
+            if len(header) != len(AFFECTNET_COLUMNS):
+                raise ValueError(
+                    f"{path}, line 1: expected a header with {AFFECTNET_PATH_COLUMN} and {AFFECTNET_LABEL_COLUMN}, or "
+                    f"AffectNet's {len(AFFECTNET_COLUMNS)} columns without one; found {header}"
+                )
+            # No header (AffectNet's validation.csv): the first line is data, in AffectNet's column order.
+            rows = itertools.chain([(first_line, header)], rows)
+            header = list(AFFECTNET_COLUMNS)
+        elif AFFECTNET_LABEL_COLUMN not in header:
+            raise ValueError(f"{path}, line 1: the header has no {AFFECTNET_LABEL_COLUMN} column: {header}")
         path_column, label_column = header.index(AFFECTNET_PATH_COLUMN), header.index(AFFECTNET_LABEL_COLUMN)
-        for line_number, row in enumerate(reader, start=2):
+        for line_number, row in rows:
             if not row:
                 continue
             if len(row) != len(header):

@@ -15,6 +15,7 @@ Each epoch permutes the shard order and the order within each shard from (seed, 
 which `datasets` cannot restore: a saved position (`StatefulDataLoader.state_dict()`) resumes exactly.
 """
 
+import functools
 import glob
 import logging
 import math
@@ -66,13 +67,27 @@ class Shard:
         }
 
 
-def _tar_image_members(path: str) -> list[tarfile.TarInfo]:
+@functools.lru_cache(maxsize=8)
+def _tar_image_members(path: str) -> tuple[tuple[str, int, int], ...]:
+    """(name, data offset, size) of a tar's image members, in order; cached, as every shard of the tar needs it."""
     with tarfile.open(path, "r:") as archive:
-        return [member for member in archive.getmembers() if member.isfile() and is_image_file(member.name)]
+        return tuple(
+            (member.name, member.offset_data, member.size)
+            for member in archive.getmembers()
+            if member.isfile() and is_image_file(member.name)
+        )
+
+
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst")
 
 
 def _tar_paths(source: str) -> list[str] | None:
     """The tar shards a source names (a .tar file, a glob, or a folder holding only tars), else None."""
+    if source.lower().endswith(COMPRESSED_TAR_SUFFIXES):
+        raise ValueError(
+            f"{source}: compressed tars cannot be read by member offset; unpack it, or repack it as an uncompressed "
+            ".tar (WebDataset shards are uncompressed)"
+        )
     if any(char in source for char in "*?["):
         paths = sorted(glob.glob(source))
         if not paths:
@@ -85,7 +100,13 @@ def _tar_paths(source: str) -> list[str] | None:
     if os.path.isdir(source):
         entries = sorted(os.listdir(source))
         tars = [os.path.join(source, name) for name in entries if name.endswith(".tar")]
-        if tars and not any(is_image_file(name) or os.path.isdir(os.path.join(source, name)) for name in entries):
+        others = [name for name in entries if is_image_file(name) or os.path.isdir(os.path.join(source, name))]
+        if tars and others:
+            raise ValueError(
+                f"{source} holds both .tar shards ({len(tars)}) and images or folders ({len(others)}): give one kind "
+                f"of source (e.g. the glob {os.path.join(source, '*.tar')} for the shards)"
+            )
+        if tars:
             return tars
     return None
 
@@ -112,9 +133,19 @@ def write_image_list(folder: str | os.PathLike, list_path: str | os.PathLike) ->
 
 
 def _count_lines(path: str) -> int:
-    """Non-empty lines of a list file."""
+    """Non-empty lines of a list file of image paths (UTF-8 text; anything else is an error naming the file)."""
+    count = 0
     with open(path, "rb") as handle:
-        return sum(1 for raw in handle if raw.strip())
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(
+                    f"{path}, line {line_number}: not UTF-8 text; an image source is a folder, a text file of image "
+                    "paths, or .tar shards"
+                ) from None
+            count += bool(raw.strip())
+    return count
 
 
 def _list_line_offsets(path: str, every: int, skip: int) -> list[int]:
@@ -143,12 +174,14 @@ def _read_list_lines(path: str, start: int, count: int) -> list[str]:
     return names
 
 
+# A record: where an image is. `member` is "" for a file; for a tar, `path` is the tar and the image its member.
 def _list_record(path: str, base: str, key: int) -> dict[str, Any]:
-    return {"key": key, "path": os.path.join(base, path), "offset": -1, "size": -1}
+    return {"key": key, "path": os.path.join(base, path), "member": "", "offset": -1, "size": -1}
 
 
-def _tar_record(path: str, member: tarfile.TarInfo, key: int) -> dict[str, Any]:
-    return {"key": key, "path": f"{path}:{member.name}", "offset": member.offset_data, "size": member.size}
+def _tar_record(path: str, member: tuple[str, int, int], key: int) -> dict[str, Any]:
+    name, offset, size = member
+    return {"key": key, "path": path, "member": name, "offset": offset, "size": size}
 
 
 def _generate_records(shards: list[dict], epoch: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -168,16 +201,16 @@ def _generate_records(shards: list[dict], epoch: int, seed: int) -> Iterator[dic
 
 def read_record_image(record: dict[str, Any]):
     """Decode a record's image (a file, or a member of a tar at its byte offset); `OSError` names it."""
-    if record["offset"] < 0:
+    if not record["member"]:
         return load_rgb_image({"path": record["path"], "bytes": None})
-    tar_path = record["path"].rsplit(":", 1)[0]
+    name = f"{record['path']}:{record['member']}"
     try:
-        with open(tar_path, "rb") as handle:
+        with open(record["path"], "rb") as handle:
             handle.seek(record["offset"])
             data = handle.read(record["size"])
     except OSError as error:
-        raise OSError(f"Cannot read image {record['path']}: {error}") from error
-    return load_rgb_image({"path": record["path"], "bytes": data})
+        raise OSError(f"Cannot read image {name}: {error}") from error
+    return load_rgb_image({"path": name, "bytes": data})
 
 
 class StreamCollator:

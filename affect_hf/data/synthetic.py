@@ -122,7 +122,7 @@ def prepare_synthetic_root(root: str | os.PathLike, overwrite: bool) -> Path:
     """The folder a generator writes into: created if needed; refused when it holds anything, unless `overwrite`."""
     root = Path(root)
     if root.is_file() or (root.is_dir() and any(root.iterdir()) and not overwrite):
-        raise FileExistsError(f"{root} is not an empty folder: choose another, or pass overwrite to write over it")
+        raise FileExistsError(f"{root} is not an empty folder: choose an empty or new one")
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -187,10 +187,34 @@ def parse_train_arguments(argv: list[str] | None = None) -> tuple[TrainingArgume
     parser = HfArgumentParser((TrainingArguments, recipe_class.arguments_class))
     parser.description = f"Train with the {name} recipe: {recipe_class.description}"
     if file_options is not None:
-        return parser.parse_dict(file_options)
+        known = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+        unknown = sorted(set(file_options) - known)
+        if unknown:
+            parser.error(f"{argv[0]}: {_unknown_options_message(unknown, name)}")
+        return tuple(parser.parse_dict(file_options))
     if "-h" in argv or "--help" in argv:
         # Show the recipe's defaults; when training they are filled in by `TrainingArguments.with_defaults`, after
         # the recipe's own options are known (CoTEX's batch grows with its mask ratio).
         defaults = {f.name: f.default for f in fields(recipe_class.arguments_class)}
         parser.set_defaults(**recipe_class.loop_defaults(SimpleNamespace(**defaults)))
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    *arguments, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        options = [token.split("=", 1)[0].lstrip("-") for token in remaining if token.startswith("-")]
+        parser.error(_unknown_options_message(options or remaining, name))
+    return tuple(arguments)
+
+
+def _unknown_options_message(options: list[str], recipe: str) -> str:
+    """Name the options the recipe does not take, and the recipes that do take them."""
+    from .recipes import get_recipe
+
+    parts = []
+    for option in options:
+        owners = [
+            other
+            for other in RECIPE_NAMES
+            if option.replace("-", "_") in {f.name for f in fields(get_recipe(other).arguments_class)}
+        ]
+        plural = "s" if len(owners) > 1 else ""
+        parts.append(f"--{option}" + (f" (an option of the {' and '.join(owners)} recipe{plural})" if owners else ""))
+    return f"not an option of the {recipe} recipe: {', '.join(parts)}; see --recipe {recipe} --help"

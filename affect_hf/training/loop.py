@@ -8,6 +8,7 @@ returns, asks the recipe to evaluate, and keeps the model the recipe's score sel
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from .state import (
     BEST_MODEL_DIR,
     FIGURES_DIR,
     HISTORY_FILE,
+    CorruptStateError,
     find_latest_state,
     load_stream_state,
     prepare_output_dir,
@@ -66,7 +68,7 @@ def make_accelerator(args: TrainingArguments, project_name: str) -> Accelerator:
         # The loop steps the schedule once per optimiser step itself, whatever the number of processes.
         step_scheduler_with_optimizer=False,
         # A sampler seeded by (seed, epoch): the resumed epoch visits the samples in the same order.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
 
 
@@ -195,8 +197,25 @@ class _Run:
             write_history(self.output_dir, self.trainer_state)
 
     def fail(self, accelerator: Accelerator, error: BaseException) -> None:
-        self.trainer_state["status"] = f"failed: {error}"
+        step = self.trainer_state["global_step"]
+        if isinstance(error, KeyboardInterrupt):
+            self.trainer_state["status"] = f"interrupted at step {step}"
+        else:
+            self.trainer_state["status"] = f"failed: {error or type(error).__name__}"
         self.write_history(accelerator)
+
+    def push(self) -> None:
+        args, state, recipe = self.args, self.trainer_state, self.recipe
+        score = state["best_score"]
+        message = f"{recipe.name}: best {recipe.selection_score} {score:.4f}" if score is not None else recipe.name
+        url = push_folder_to_hub(
+            self.output_dir / BEST_MODEL_DIR,
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            commit_message=message,
+        )
+        logger.info("pushed %s", url)
 
     # ------------------------------------------------------------------ evaluation and selection
 
@@ -272,7 +291,8 @@ class _Run:
 def _fingerprint(recipe: Recipe, effective_batch: int, learning_rate: float, total_steps: int, steps_per_epoch: int,
                  num_processes: int, stream_workers: int | None) -> dict[str, Any]:  # fmt: skip
     return {
-        "stream_workers": stream_workers,
+        "num_workers": stream_workers,
+        "data": recipe.data_identity(),
         "recipe": recipe.name,
         "effective_batch_size": effective_batch,
         "num_processes": num_processes,
@@ -292,13 +312,21 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     """
     recipe_class = get_recipe(training_args.recipe)
     recipe = recipe_class(training_args, recipe_args if recipe_args is not None else recipe_class.arguments_class())
+    accelerator = make_accelerator(recipe.args, recipe.name)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    try:
+        return _train(recipe, accelerator)
+    finally:
+        # Last, whatever happened: trackers are flushed, and in distributed runs the process group is torn down.
+        accelerator.end_training()
+
+
+def _train(recipe: Recipe, accelerator: Accelerator) -> dict:
+    """Set up (errors here leave no run record: the folder stays reusable), then train (errors here are recorded)."""
     args = recipe.args
     run = _Run(recipe)
     output_dir = run.output_dir
-
-    accelerator = make_accelerator(args, recipe.name)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
     error = None
     if accelerator.is_main_process:
         try:
@@ -306,7 +334,7 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
                 output_dir,
                 bool(args.resume_from_checkpoint),
                 args.overwrite_output_dir,
-                extra_artifacts=(recipe.name, *recipe.run_files),
+                run_files=(recipe.name, *recipe.run_files),
             )
         except (OSError, ValueError) as caught:
             error = caught
@@ -332,7 +360,8 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
             collate_fn=data.collate_fn,
             generator=torch.Generator().manual_seed(args.seed),
         )
-        # Count batches on the prepared loader: it holds this process's share.
+        # Count batches on the prepared loader: it holds this process's share. Accelerate's seedable sampler draws
+        # the same order on every process (from `data_seed`), whose seeds otherwise differ.
         train_batches = _MapStyleBatches(data.train, accelerator.prepare(train_dataloader), accelerator)
     if train_batches.batches_per_epoch == 0:
         raise ValueError(
@@ -374,6 +403,9 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     training_step = TrainingStep(accelerator, model, optimizer, scheduler, args.max_grad_norm)
+    # From here each process draws its own random numbers (MAE's and CoTEX's masks, drop path), as MAE seeds by rank;
+    # the model was built from the shared seed.
+    set_seed(args.seed, device_specific=True)
 
     # A stream's saved position holds one entry per DataLoader worker: resuming needs as many workers.
     stream_workers = args.num_workers if isinstance(train_batches, _StreamBatches) else None
@@ -387,6 +419,11 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
         accelerator.load_state(str(state_path))
         run.trainer_state.update(saved_state, status="running")
         stream_state = load_stream_state(state_path, accelerator.process_index)
+        if isinstance(train_batches, _StreamBatches) and saved_state["batches_in_epoch"] and stream_state is None:
+            raise CorruptStateError(
+                f"{state_path} holds no stream position for process {accelerator.process_index}: cannot resume the "
+                "stream mid-epoch"
+            )
         logger.info("resumed from %s at step %d", state_path, saved_state["global_step"])
     state = run.trainer_state
     logger.info(
@@ -479,11 +516,13 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
                     accelerator.log(logs, step=step)
                     progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
                     interval, started = {}, time.perf_counter()
-                if args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
+                # The epoch's end evaluates and saves anyway: the periodic ones are for the steps in between.
+                in_between = step < total_steps and state["batches_in_epoch"] < micro_batches_per_epoch
+                if args.eval_steps and step % args.eval_steps == 0 and in_between:
                     evaluate_and_select(epoch)
                     evaluated_at = step
                     model.train()
-                if args.save_steps and step % args.save_steps == 0 and step < total_steps:
+                if args.save_steps and step % args.save_steps == 0 and in_between:
                     save_state()
                 if step >= total_steps:
                     break
@@ -493,44 +532,43 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
             state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
             stream_state = None
             save_state()
-    except BaseException as caught:
-        run.fail(accelerator, caught)
         progress.close()
-        accelerator.end_training()
+        if state["saved_model_step"] is None:
+            raise NoModelSavedError(
+                f"no model was saved: every evaluation's {recipe.selection_score} was NaN (see "
+                f"{output_dir / HISTORY_FILE})"
+            )
+        if args.push_to_hub:
+            push_error = None
+            if accelerator.is_main_process:
+                try:
+                    run.push()
+                except Exception as caught:  # noqa: BLE001 (any failure: the saved folder stays, the run fails)
+                    push_error = RuntimeError(f"pushing {output_dir / BEST_MODEL_DIR} to the Hub failed: {caught}")
+            _raise_on_every_process(accelerator, push_error)
+    except BaseException as caught:
+        progress.close()
+        run.fail(accelerator, caught)
         raise
-
-    progress.close()
-    if state["saved_model_step"] is None:
-        error = NoModelSavedError(
-            f"no model was saved: every evaluation's {recipe.selection_score} was NaN (see {output_dir / HISTORY_FILE})"
-        )
-        run.fail(accelerator, error)
-        accelerator.end_training()
-        raise error
     state["status"] = "completed"
     run.write_history(accelerator)
-    if accelerator.is_main_process and args.push_to_hub:
-        score = state["best_score"]
-        message = f"{recipe.name}: best {recipe.selection_score} {score:.4f}" if score is not None else recipe.name
-        url = push_folder_to_hub(
-            output_dir / BEST_MODEL_DIR,
-            args.hub_model_id,
-            token=args.hub_token,
-            private=args.hub_private_repo,
-            commit_message=message,
-        )
-        logger.info("pushed %s", url)
     accelerator.wait_for_everyone()
-    # Last: in distributed runs this also tears down the process group.
-    accelerator.end_training()
     return state
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The script's entry point: parse, train; an interrupt (Ctrl-C) ends with one line and exit status 130."""
     from .arguments import parse_train_arguments
 
     training_args, recipe_args = parse_train_arguments(argv)
-    return train(training_args, recipe_args)
+    try:
+        return train(training_args, recipe_args)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; resume with --resume_from_checkpoint latest --output_dir {training_args.output_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 __all__ = ["NoModelSavedError", "NonFiniteLossError", "main", "make_accelerator", "train"]

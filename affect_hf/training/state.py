@@ -34,8 +34,8 @@ STREAM_STATE_FILE = "stream_state_{rank}.json"
 STATE_PREFIX = "step_"
 # What a run writes in its output folder; `--overwrite_output_dir` deletes exactly these (and the tracker folder).
 RUN_ARTIFACTS = (CHECKPOINTS_DIR, BEST_MODEL_DIR, FIGURES_DIR, HISTORY_FILE)
-# What must not change when a run is resumed: otherwise the schedule, the data order or the model would not be
-# those of the interrupted run.
+# What must not change when a run is resumed: otherwise the schedule, the data, their order or the model would not
+# be those of the interrupted run. (`num_workers` counts only for streamed data, whose position is per worker.)
 RESUME_FINGERPRINT_KEYS = (
     "recipe",
     "effective_batch_size",
@@ -44,7 +44,8 @@ RESUME_FINGERPRINT_KEYS = (
     "total_steps",
     "steps_per_epoch",
     "seed",
-    "stream_workers",
+    "num_workers",
+    "data",
 )
 
 
@@ -52,23 +53,30 @@ class CorruptStateError(RuntimeError):
     """A saved training state that cannot be read back."""
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, extra_artifacts: tuple[str, ...] = ()) -> None:
-    """Check the output folder before anything trains: writable, and not holding another run unless asked.
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, run_files: tuple[str, ...] = ()) -> None:
+    """Check the output folder before anything trains: a writable folder, not holding another run unless asked.
 
-    A best model left hidden by a crash between the two renames of an atomic replace is put back first.
+    A folder holds a run when it has a history, states, a saved model, figures or tracker logs (`run_files` names
+    the recipe's own files and its tracker folder); other files are left alone. A best model left hidden by a crash
+    between the two renames of an atomic replace is put back first.
     """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {output_dir} is a file, not a folder")
     restore_directory(output_dir / BEST_MODEL_DIR)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not resume:
-        if not overwrite:
+    held = [name for name in RUN_ARTIFACTS + run_files if (output_dir / name).exists()]
+    if not resume and held:
+        if not overwrite and any((output_dir / name).exists() for name in RUN_ARTIFACTS):
+            resume_advice = "--resume_from_checkpoint latest to continue it, " if state_dirs(output_dir) else ""
             raise FileExistsError(
-                f"output_dir {output_dir} is not empty: pass --resume_from_checkpoint latest to continue the run it "
-                "holds, --overwrite_output_dir to replace it, or another --output_dir"
+                f"output_dir {output_dir} holds another run ({', '.join(held)}): pass {resume_advice}"
+                "--overwrite_output_dir to replace it, or choose another --output_dir"
             )
-        for name in RUN_ARTIFACTS + extra_artifacts:
+        # Replacing a run, or clearing what a run that never trained left (e.g. a listing of another data folder).
+        for name in held:
             path = output_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
-            elif path.exists():
+            else:
                 path.unlink()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

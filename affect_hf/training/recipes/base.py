@@ -120,6 +120,14 @@ class Recipe:
     def evaluate(self, model: torch.nn.Module, dataloader, accelerator: Accelerator) -> Evaluation:
         raise NotImplementedError
 
+    def data_identity(self) -> dict[str, Any]:
+        """What names the run's data, for the resume check: a resumed run must read the same data."""
+        return {
+            "data_dir": os.path.abspath(self.recipe_args.data_dir),
+            "max_train_samples": self.args.max_train_samples,
+            "max_eval_samples": self.args.max_eval_samples,
+        }
+
     def card_note(self, evaluation: Evaluation | None) -> str:
         """A sentence under the card's scores (what they mean, where they come from)."""
         return ""

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset
 
 
@@ -34,6 +35,10 @@ def check_model_folder(path: str | os.PathLike, model_types: tuple[str, ...], op
         raise FileNotFoundError(f"{option} {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
 
 
-def limit_rows(dataset: Dataset, limit: int | None) -> Dataset:
-    """The first `limit` rows (all when None)."""
-    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+def limit_rows(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """`limit` rows drawn at random from (seed), kept in their order (all rows when None): class-folder tables are
+    sorted by class, so the first rows would be one or two classes."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    chosen = np.random.default_rng([seed, 0x11A17]).choice(len(dataset), size=limit, replace=False)
+    return dataset.select(np.sort(chosen))

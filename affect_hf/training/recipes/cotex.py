@@ -120,8 +120,10 @@ class CotexRecipe(ViTFineTuningRecipe):
 
     def build_data(self, model: CotexForImageClassification, accelerator: Accelerator) -> RecipeData:
         args, size = self.args, model.config.image_size
-        train_split = limit_rows(load_abaw_lsd(self.recipe_args.data_dir, "train"), args.max_train_samples)
-        eval_split = limit_rows(load_abaw_lsd(self.recipe_args.data_dir, "validation"), args.max_eval_samples)
+        train_split = limit_rows(load_abaw_lsd(self.recipe_args.data_dir, "train"), args.max_train_samples, args.seed)
+        eval_split = limit_rows(
+            load_abaw_lsd(self.recipe_args.data_dir, "validation"), args.max_eval_samples, args.seed
+        )
         train_transform = AffectImageTransform(
             size, train=True, resize_scale=COTEX_RESIZE_SCALE, color_jitter_probability=0.0
         )

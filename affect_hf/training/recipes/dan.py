@@ -98,9 +98,11 @@ class DanRecipe(Recipe):
 
     def build_data(self, model: DanForImageClassification, accelerator: Accelerator) -> RecipeData:
         options, args, size = self.recipe_args, self.args, model.config.image_size
-        train_split = limit_rows(load_affectnet(options.data_dir, "train", options.image_dir), args.max_train_samples)
+        train_split = limit_rows(
+            load_affectnet(options.data_dir, "train", options.image_dir), args.max_train_samples, args.seed
+        )
         eval_split = limit_rows(
-            load_affectnet(options.data_dir, "validation", options.image_dir), args.max_eval_samples
+            load_affectnet(options.data_dir, "validation", options.image_dir), args.max_eval_samples, args.seed
         )
         labels = class_label()
         train = ImageDataset(train_split, DanTrainTransform(size), labels, train=True, seed=args.seed)

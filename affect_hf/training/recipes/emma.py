@@ -150,8 +150,8 @@ class EmmaRecipe(ViTFineTuningRecipe):
 
     def build_data(self, model: EmmaForAffectAnalysis, accelerator: Accelerator) -> RecipeData:
         options, args = self.recipe_args, self.args
-        train_split = limit_rows(load_abaw_mtl(options.data_dir, "train"), args.max_train_samples)
-        eval_split = limit_rows(load_abaw_mtl(options.data_dir, "validation"), args.max_eval_samples)
+        train_split = limit_rows(load_abaw_mtl(options.data_dir, "train"), args.max_train_samples, args.seed)
+        eval_split = limit_rows(load_abaw_mtl(options.data_dir, "validation"), args.max_eval_samples, args.seed)
         if options.au_pos_weight == "data":
             model.config.au_pos_weight = au_pos_weight_from_labels(np.asarray(train_split["action_units"]))
         image_size = model.config.image_size

@@ -7,6 +7,7 @@ or `.tar` shards (`affect_hf.data.streams`). Each evaluation scores the held-out
 (`eval_loss`) and draws a reconstruction figure; the last model is kept, as MAE does.
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -170,6 +171,8 @@ class MaeRecipe(Recipe):
                     accelerator.print(f"{len(unreadable)} held-out images cannot be decoded and are left out")
                 if args.max_eval_samples is not None:
                     held_out = held_out[: args.max_eval_samples]
+        if not held_out:
+            raise ValueError(f"no held-out image can be read (of {options.validation_dir or options.data_dir})")
         stream = ImageStream(
             source, RandomResizedCropTransform(size), seed=args.seed, set_aside=set_aside,
             max_images=args.max_train_samples,
@@ -206,6 +209,15 @@ class MaeRecipe(Recipe):
             noise = torch.stack([item["noise"] for item in first]).to(device)
             images["reconstruction"] = reconstruction_figure(unwrapped, pixel_values, noise)
         return Evaluation(scores=scores, images=images)
+
+    def data_identity(self) -> dict[str, Any]:
+        options = self.recipe_args
+        held_out = (
+            {"validation_dir": os.path.abspath(options.validation_dir)}
+            if options.validation_dir
+            else {"num_validation_images": options.num_validation_images}
+        )
+        return {**super().data_identity(), **held_out}
 
     def card_data_dir(self) -> str:
         return data_folder_name(self.recipe_args.validation_dir or self.recipe_args.data_dir)
