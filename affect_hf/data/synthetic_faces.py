@@ -23,6 +23,7 @@ import PIL.ImageDraw
 
 from ..files import write_text_atomically
 from ..labels import AFFECTNET_EXPRESSIONS, AFFECTNET_NON_EXPRESSION_CODES, LSD_EXPRESSIONS
+from .affectnet import AFFECTNET_COLUMNS
 from .synthetic import EXPRESSION_COLORS, prepare_synthetic_root
 
 
@@ -244,10 +245,8 @@ def make_synthetic_affectnet(
         images = root / "Manually_Annotated_Images"
         subfolders = [f"{split}_{index}" for index in range(len(AFFECTNET_EXPRESSIONS))]
         written = _write_labelled_faces(images, AFFECTNET_EXPRESSIONS, counts, rng, image_size, noise, subfolders)
-        header = (
-            "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
-        )
-        lines = [header]
+        # As released: training.csv has a header line, validation.csv has none.
+        lines = [",".join(AFFECTNET_COLUMNS)] if split == "train" else []
         for name, label in written:
             lines.append(f'{name},0,0,{image_size},{image_size},"1.0;2.0;3.0;4.0",{label},0.1,-0.1')
         codes = list(AFFECTNET_NON_EXPRESSION_CODES)
