@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -17,6 +18,21 @@ from affect_hf.training.state import find_latest_state
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The start of a script run in a fresh interpreter where neither this package nor its model code can be imported:
+# what a user without affect-hf has (Hub remote code, stock transformers).
+BLOCK_PROJECT_IMPORTS = textwrap.dedent(
+    """
+    import sys
+
+    class BlockProject:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("affect_hf", "modeling", "model_cards"):
+                raise ImportError(f"blocked: {name}")
+            return None
+
+    sys.meta_path.insert(0, BlockProject())
+    """
+)
 TINY_LOOP_DEFAULTS = dict(mixed_precision="no", num_workers=0, report_to="none", seed=0)
 
 

@@ -20,22 +20,12 @@ from affect_hf.data import AffectImageTransform
 from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
 from model_cards import COTEX_TEMPLATE
 from modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
+from tests.runs import BLOCK_PROJECT_IMPORTS
 from tests.test_modeling import IMAGE_SIZE, TINY_VIT, tiny_emma_config
 
 
-# Runs in a fresh interpreter where neither this package nor its model code can be imported.
-REMOTE_LOADER = textwrap.dedent(
+REMOTE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
     """
-    import sys
-
-    class BlockProject:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("affect_hf", "modeling", "model_cards"):
-                raise ImportError(f"blocked: {name}")
-            return None
-
-    sys.meta_path.insert(0, BlockProject())
-
     import torch
     from transformers import AutoModel, AutoModelForImageClassification, pipeline
 

@@ -17,7 +17,7 @@ from affect_hf.data.synthetic_faces import make_synthetic_affectnet, make_synthe
 from affect_hf.labels import LSD_EXPRESSIONS
 from affect_hf.training import parse_train_arguments, train
 from modeling import CotexForImageClassification, DanForImageClassification, EmmaForAffectAnalysis
-from tests.runs import kill_mid_run_and_resume, run_arguments, run_two_processes
+from tests.runs import BLOCK_PROJECT_IMPORTS, kill_mid_run_and_resume, run_arguments, run_two_processes
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +135,8 @@ def _tiny_mae_config():
 
 # ------------------------------------------------------------------------------------------------------ MAE
 
-REMOTE_MAE_LOADER = textwrap.dedent(
+REMOTE_MAE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
     """
-    import sys
-
-    class BlockProject:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("affect_hf", "modeling", "model_cards"):
-                raise ImportError(f"blocked: {name}")
-            return None
-
-    sys.meta_path.insert(0, BlockProject())
     import torch
     from transformers import ViTMAEForPreTraining
 
