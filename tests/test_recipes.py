@@ -217,10 +217,10 @@ def test_mae_pretraining_streams_tar_shards_against_a_validation_folder(tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     shards = make_synthetic_faces(tmp_path / "shards", num_images=128, num_corrupt=2, max_size=48, images_per_shard=32)
-    # 128 streamed images (none set aside: a validation folder is given), 16 steps per epoch, 6 epochs.
+    # 128 streamed images (none set aside: a validation folder is given), 16 steps per epoch, 12 epochs.
     broken_validation = make_synthetic_faces(tmp_path / "broken", num_images=8, num_corrupt=1, max_size=48, seed=2)
     args = mae_run(
-        shards, tmp_path / "run", validation_dir=str(broken_validation), num_train_epochs=6,
+        shards, tmp_path / "run", validation_dir=str(broken_validation), num_train_epochs=12,
         per_device_train_batch_size=8, base_learning_rate=2e-2, report_to="tensorboard", eval_on_start=True,
     )  # fmt: skip
     with pytest.raises(OSError, match="validation image cannot be read"):
@@ -229,10 +229,10 @@ def test_mae_pretraining_streams_tar_shards_against_a_validation_folder(tmp_path
     valid = make_synthetic_faces(tmp_path / "valid", num_images=24, max_size=48, seed=1)
     args[1].validation_dir = str(valid)
     state = train(dataclasses.replace(args[0], overwrite_output_dir=True), args[1])
-    assert state["global_step"] == 96 and state["train_images"] + state["unreadable_images"] == 6 * 128
-    assert state["unreadable_images"] == 6 * 2
+    assert state["global_step"] == 192 and state["train_images"] + state["unreadable_images"] == 12 * 128
+    assert state["unreadable_images"] == 12 * 2
     losses = [entry["eval_loss"] for entry in state["history"]]
-    assert losses[-1] < 0.85 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
     logs = next((tmp_path / "run" / "mae").rglob("events.out.tfevents.*")).parent
     events = EventAccumulator(str(logs), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
