@@ -9,7 +9,7 @@ from .files import write_text_atomically
 
 
 DEMO_SCORES = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
-SYNTHETIC_KINDS = ("mtl", "lsd", "affectnet", "faces")
+SYNTHETIC_KINDS = ("mtl", "tracks", "lsd", "affectnet", "faces")
 
 
 def run_demo(output_dir: str, num_train: int, num_validation: int, epochs: int, seed: int) -> dict:
@@ -74,13 +74,15 @@ def main(argv: list[str] | None = None) -> None:
 
     synthetic = commands.add_parser(
         "make-synthetic",
-        help="write synthetic data in a real layout: ABAW4 MTL (for emma), ABAW4 LSD (cotex), AffectNet (dan) or "
-        "unlabeled faces (mae)",
+        help="write synthetic data in a real layout: ABAW4 MTL or the Aff-Wild2 uni-task tracks (for emma), ABAW4 LSD "
+        "(cotex), AffectNet (dan) or unlabeled faces (mae)",
     )
     synthetic.add_argument("root", help="an empty or new folder")
     synthetic.add_argument("--kind", default="mtl", choices=SYNTHETIC_KINDS)
-    synthetic.add_argument("--num_train", type=int, default=2048, help="mtl: frames; lsd, affectnet: per class")
-    synthetic.add_argument("--num_validation", type=int, default=512, help="mtl: frames; lsd, affectnet: per class")
+    synthetic.add_argument("--num_train", type=int, default=2048, help="mtl, tracks: frames; lsd, affectnet: per class")
+    synthetic.add_argument(
+        "--num_validation", type=int, default=512, help="mtl, tracks: frames; lsd, affectnet: per class"
+    )
     synthetic.add_argument("--num_test", type=int, default=128, help="mtl: test frames")
     synthetic.add_argument("--num_images", type=int, default=1024, help="faces: images")
     synthetic.add_argument("--num_corrupt", type=int, default=0, help="faces: broken files among them")
@@ -109,10 +111,10 @@ def make_synthetic(args: argparse.Namespace) -> Path:
     from .data import make_synthetic_abaw
     from .data.synthetic_faces import make_synthetic_affectnet, make_synthetic_faces, make_synthetic_lsd
 
-    if args.kind == "mtl":
+    if args.kind in ("mtl", "tracks"):
         return make_synthetic_abaw(
             args.root, num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
-            seed=args.seed,
+            seed=args.seed, layout=args.kind,
         )  # fmt: skip
     if args.kind == "faces":
         return make_synthetic_faces(

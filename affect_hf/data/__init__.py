@@ -7,6 +7,7 @@ from .abaw_mtl import (
     abaw_mtl_features,
     load_abaw_mtl,
 )
+from .abaw_tracks import ABAW_TRACKS, load_abaw_track
 from .datasets import (
     UNREADABLE_IMAGES_KEY,
     AbawMtlTorchDataset,
@@ -29,6 +30,7 @@ __all__ = [
     "ABAW_MTL_ANNOTATION_FILES",
     "ABAW_MTL_HEADER",
     "ABAW_MTL_IMAGE_DIR",
+    "ABAW_TRACKS",
     "UNREADABLE_IMAGES_KEY",
     "AbawMtlTorchDataset",
     "AffectImageTransform",
@@ -41,6 +43,7 @@ __all__ = [
     "class_label",
     "collate_skipping_unreadable",
     "load_abaw_mtl",
+    "load_abaw_track",
     "load_rgb_image",
     "make_synthetic_abaw",
 ]

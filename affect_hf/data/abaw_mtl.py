@@ -47,11 +47,15 @@ _MISSING_EXAMPLES_SHOWN = 5
 
 
 def abaw_mtl_features() -> Features:
-    """The declared columns of every ABAW MTL split (labels of the test split are all missing codes)."""
+    """The declared columns of every ABAW frame table, MTL and uni-task tracks alike (a task without labels, or the
+    test split, holds missing codes). `video` and `frame` (1-based; -1 if the name has no frame number) locate a row
+    in its video, for temporal use."""
     return Features(
         {
             "image": Image(decode=False),
             "name": Value("string"),
+            "video": Value("string"),
+            "frame": Value("int32"),
             "valence": Value("float32"),
             "arousal": Value("float32"),
             "expression": ClassLabel(names=list(ABAW_EXPRESSIONS)),
@@ -92,21 +96,39 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
     if not names:
         raise ValueError(f"ABAW MTL {split} split is empty: {annotation_path} lists no images.")
 
+    return abaw_frame_table(
+        names, image_dir, valence_arousal, expression, action_units, split, f"ABAW MTL {split}", annotation_path
+    )
+
+
+def abaw_frame_table(
+    names: list[str],
+    image_dir: Path,
+    valence_arousal: np.ndarray,
+    expression: np.ndarray,
+    action_units: np.ndarray,
+    split: str,
+    what: str,
+    source: Path,
+) -> Dataset:
+    """The frames whose image exists under `image_dir` (the others skipped and counted in one warning), as an
+    in-memory dataset with `abaw_mtl_features`."""
     present = _images_present(image_dir, names)
     if not present.all():
         missing = [name for name, found in zip(names, present, strict=True) if not found]
         message = (
-            f"Skipped {len(missing)} of {len(names)} frames listed in {annotation_path} with no image under "
+            f"Skipped {len(missing)} of {len(names)} frames listed in {source} with no image under "
             f"{image_dir} (e.g. {', '.join(missing[:_MISSING_EXAMPLES_SHOWN])})."
         )
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)
         if not present.any():
-            raise ValueError(f"ABAW MTL {split} split is empty: none of its images exist under {image_dir}.")
+            raise ValueError(f"{what} split is empty: none of its images exist under {image_dir}.")
         names = [name for name, found in zip(names, present, strict=True) if found]
         valence_arousal, expression = valence_arousal[present], expression[present]
         action_units = action_units[present]
 
     image_prefix = f"{image_dir}{os.sep}"  # plain concatenation: a Path per row costs seconds on the train split
+    videos, frames = zip(*(_video_and_frame(name) for name in names), strict=True)
     features = abaw_mtl_features()
     # Building the Arrow table directly is ~40x faster than `Dataset.from_dict` (which encodes row by row)
     # on the 142k-frame train split.
@@ -117,6 +139,8 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
                 names=["bytes", "path"],
             ),
             "name": pa.array(names, pa.string()),
+            "video": pa.array(videos, pa.string()),
+            "frame": pa.array(frames, pa.int32()),
             "valence": pa.array(valence_arousal[:, 0]),
             "arousal": pa.array(valence_arousal[:, 1]),
             "expression": pa.array(expression),
@@ -124,6 +148,13 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
         }
     ).cast(features.arrow_schema)
     return Dataset(InMemoryTable(table), info=DatasetInfo(features=features), split=NamedSplit(split))
+
+
+def _video_and_frame(name: str) -> tuple[str, int]:
+    """`video/00042.jpg` -> ("video", 42); a name without a frame number gets -1."""
+    video, _, file_name = name.rpartition("/")
+    stem = file_name.rsplit(".", 1)[0]
+    return video, int(stem) if stem.isdigit() else -1
 
 
 def _read_lines(path: Path) -> list[str]:

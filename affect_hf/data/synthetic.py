@@ -75,8 +75,13 @@ def make_synthetic_abaw(
     missing_image_count: int = 0,
     seed: int = 0,
     overwrite: bool = False,
+    layout: str = "mtl",
 ) -> Path:
     """Write a synthetic ABAW4 MTL set (annotation files, test list, JPEG frames) under `root`; return `root`.
+
+    `layout="tracks"` writes the same frames with the Aff-Wild2 uni-task annotation folders instead
+    (`VA_Estimation_Challenge/`, `EXPR_Classification_Challenge/`, `AU_Detection_Challenge/`, each with
+    `Train_Set/` and `Validation_Set/` of `<video>.txt`) and no MTL files.
 
     Deterministic for a seed; each split has its own stream, so resizing one split leaves the others unchanged.
     `missing_label_rate` is the chance, per frame and per task, that a label is written as its missing code.
@@ -84,11 +89,13 @@ def make_synthetic_abaw(
     frames; the reader skips and counts them). Annotation files are written last and atomically. A non-empty
     `root` is refused unless `overwrite`.
     """
+    if layout not in ("mtl", "tracks"):
+        raise ValueError(f"layout must be 'mtl' or 'tracks', got {layout!r}")
     if not 0 <= missing_image_count <= num_train:
         raise ValueError(f"missing_image_count must lie in [0, num_train={num_train}], got {missing_image_count}.")
     root = prepare_synthetic_root(root, overwrite)
     image_dir = root / ABAW_MTL_IMAGE_DIR
-    layout = _CueLayout(image_size)
+    cues = _CueLayout(image_size)
     for split, num_frames in (("train", num_train), ("validation", num_validation), ("test", num_test)):
         rng = np.random.default_rng([seed, _SPLIT_SEEDS[split]])
         names = [
@@ -104,11 +111,15 @@ def make_synthetic_abaw(
         for frame, name in enumerate(names):
             if frame in without_image:
                 continue
-            pixels = layout.render(expression[frame], valence_arousal[frame], action_units[frame], rng)
+            pixels = cues.render(expression[frame], valence_arousal[frame], action_units[frame], rng)
             path = image_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             PIL.Image.fromarray(pixels).save(path, quality=_JPEG_QUALITY)
 
+        if layout == "tracks":
+            if split != "test":
+                _write_track_files(root, split, names, missing_labels, expression, valence_arousal, action_units)
+            continue
         if split == "test":
             lines = ["image"] + names
         else:
@@ -116,6 +127,25 @@ def make_synthetic_abaw(
             lines = [ABAW_MTL_HEADER] + [f"{name},{row}" for name, row in zip(names, labels, strict=True)]
         write_text_atomically(root / ABAW_MTL_ANNOTATION_FILES[split], "\n".join(lines) + "\n")
     return root
+
+
+def _write_track_files(
+    root: Path, split: str, names: list[str], missing_labels: np.ndarray, expression: np.ndarray,
+    valence_arousal: np.ndarray, action_units: np.ndarray,
+) -> None:  # fmt: skip
+    """One `<video>.txt` per video and track: a header, then line i for frame i (missing labels as invalid codes)."""
+    from .abaw_tracks import ABAW_TRACK_FOLDERS, ABAW_TRACK_HEADERS, ABAW_TRACK_SPLITS
+
+    fields = _annotation_fields(missing_labels, expression, valence_arousal, action_units)
+    columns = {"va": slice(0, 2), "expr": slice(2, 3), "au": slice(3, 3 + NUM_ACTION_UNITS)}
+    videos: dict[str, list[str]] = {}
+    for name, row in zip(names, fields, strict=True):
+        videos.setdefault(name.split("/")[0], []).append(row)
+    for task, folders in ABAW_TRACK_FOLDERS.items():
+        folder = root / folders[0] / ABAW_TRACK_SPLITS[split]
+        for video, rows in videos.items():
+            lines = [ABAW_TRACK_HEADERS[task]] + [",".join(row.split(",")[columns[task]]) for row in rows]
+            write_text_atomically(folder / f"{video}.txt", "\n".join(lines) + "\n")
 
 
 def prepare_synthetic_root(root: str | os.PathLike, overwrite: bool) -> Path:

@@ -4,7 +4,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .abaw import (
+    ABAW_TASK_SCORES,
     abaw_mtl_score,
+    abaw_task_scores,
     au_score,
     binary_f1_scores,
     ccc,
@@ -32,7 +34,9 @@ def load_abaw_mtl_metric(**kwargs) -> "evaluate.EvaluationModule":
 
 __all__ = [
     "ABAW_MTL_METRIC_PATH",
+    "ABAW_TASK_SCORES",
     "abaw_mtl_score",
+    "abaw_task_scores",
     "au_score",
     "binary_f1_scores",
     "ccc",

@@ -252,25 +252,54 @@ def abaw_mtl_score(
     if len(sample_counts) > 1:
         raise ValueError(f"The tasks' predictions have different numbers of samples: {sorted(sample_counts)}.")
 
-    valence, arousal, num_va = _valence_arousal_cccs(predictions["valence_arousal"], references["valence_arousal"])
-    expression_f1, num_expression = _expression_f1s(predictions["expression"], references["expression"])
-    au_f1, num_au = _action_unit_f1s(predictions["action_units"], references["action_units"], au_thresholds)
-
-    p_va = (valence + arousal) / 2
-    p_expression = float(expression_f1.mean())
-    p_au = float(au_f1.mean())
+    va = abaw_task_scores("va", predictions["valence_arousal"], references["valence_arousal"])
+    expression = abaw_task_scores("expr", predictions["expression"], references["expression"])
+    au = abaw_task_scores("au", predictions["action_units"], references["action_units"], au_thresholds)
     return {
-        "P_MTL": p_va + p_expression + p_au,
-        "P_VA": p_va,
-        "P_EXPR": p_expression,
-        "P_AU": p_au,
-        "ccc_valence": valence,
-        "ccc_arousal": arousal,
-        **{f"f1_{name}": float(value) for name, value in zip(ACTION_UNITS, au_f1, strict=True)},
-        "num_samples_valence_arousal": num_va,
-        "num_samples_expression": num_expression,
-        "num_samples_action_units": num_au,
+        "P_MTL": va["P_VA"] + expression["P_EXPR"] + au["P_AU"],
+        "P_VA": va["P_VA"],
+        "P_EXPR": expression["P_EXPR"],
+        "P_AU": au["P_AU"],
+        "ccc_valence": va["ccc_valence"],
+        "ccc_arousal": va["ccc_arousal"],
+        **{name: value for name, value in au.items() if name.startswith("f1_")},
+        "num_samples_valence_arousal": va["num_samples_valence_arousal"],
+        "num_samples_expression": expression["num_samples_expression"],
+        "num_samples_action_units": au["num_samples_action_units"],
     }
+
+
+ABAW_TASK_SCORES = {"va": "P_VA", "expr": "P_EXPR", "au": "P_AU"}
+
+
+def abaw_task_scores(
+    task: str, predictions: ArrayLike, references: ArrayLike, au_thresholds: Thresholds = None
+) -> dict[str, float]:
+    """One ABAW task's score with its parts: a uni-task track's result, and a term of P_MTL.
+
+    "va": P_VA, ccc_valence, ccc_arousal (N x 2 arrays); "expr": P_EXPR (references N ints, predictions N indices
+    or N x 8 scores); "au": P_AU and each AU's F1 (N x 12; `au_thresholds` as in `abaw_mtl_score`). Each counts
+    only the samples whose label is valid; a task without any scores NaN, with a warning.
+    """
+    if task == "va":
+        valence, arousal, num_samples = _valence_arousal_cccs(predictions, references)
+        return {
+            "P_VA": (valence + arousal) / 2,
+            "ccc_valence": valence,
+            "ccc_arousal": arousal,
+            "num_samples_valence_arousal": num_samples,
+        }
+    if task == "expr":
+        f1, num_samples = _expression_f1s(predictions, references)
+        return {"P_EXPR": float(f1.mean()), "num_samples_expression": num_samples}
+    if task == "au":
+        f1, num_samples = _action_unit_f1s(predictions, references, au_thresholds)
+        return {
+            "P_AU": float(f1.mean()),
+            **{f"f1_{name}": float(value) for name, value in zip(ACTION_UNITS, f1, strict=True)},
+            "num_samples_action_units": num_samples,
+        }
+    raise ValueError(f"unknown ABAW task {task!r}; expected one of {', '.join(ABAW_TASK_SCORES)}")
 
 
 def fit_au_thresholds(

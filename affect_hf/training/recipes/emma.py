@@ -17,17 +17,25 @@ from model_cards import EMMA_TEMPLATE
 from modeling import EmmaForAffectAnalysis
 
 from ...data import AbawMtlTorchDataset, load_abaw_mtl
+from ...data.abaw_tracks import load_abaw_track
 from ...labels import MISSING_ACTION_UNIT
-from ...metrics import abaw_mtl_score, fit_au_thresholds
+from ...metrics import ABAW_TASK_SCORES, abaw_mtl_score, abaw_task_scores, fit_au_thresholds
 from ..evaluation import gather_predictions
 from ..presets import emma_config_from_preset
 from .base import VIT_FINETUNING_DEFAULTS, Evaluation, RecipeData, ViTFineTuningRecipe
 from .checks import check_model_folder, limit_rows
 
 
+# The label column of each uni-task track, and the score that selects the model for each task.
+TASK_LABELS = {"va": "valence_arousal", "expr": "expression", "au": "action_units"}
+TASK_SELECTION = {"mtl": "P_MTL", **ABAW_TASK_SCORES}
+
+
 @dataclass
 class EmmaArguments:
-    data_dir: str = field(metadata={"help": "ABAW4 MTL root: annotation files and cropped_aligned/"})
+    data_dir: str = field(
+        metadata={"help": "ABAW4 MTL root (annotation files + cropped_aligned/), or an Aff-Wild2 root with --task"}
+    )
     model_config: str = field(default="base", metadata={"help": "Preset (tiny, base) or a JSON file of EmmaConfig."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved EMMA folder to start from."})
     mae_path: str | None = field(default=None, metadata={"help": "A saved ViTMAE / MAE-pretraining folder."})
@@ -36,6 +44,14 @@ class EmmaArguments:
     )
     drop_path_rate: float = 0.1
     layer_decay: float = 0.65
+    task: str = field(
+        default="mtl",
+        metadata={
+            "help": "mtl: the ABAW4 MTL files; va, expr, au: an Aff-Wild2 uni-task track (its heads are trained, "
+            "its score selects the model).",
+            "choices": ("mtl", *TASK_LABELS),
+        },
+    )
     au_pos_weight: str = field(
         default="data", metadata={"help": "'data': negatives/positives of the training split; 'config': keep."}
     )
@@ -44,6 +60,8 @@ class EmmaArguments:
     )
 
     def __post_init__(self):
+        if self.task not in ("mtl", *TASK_LABELS):
+            raise ValueError(f"--task must be mtl, va, expr or au, got {self.task!r}")
         if self.au_pos_weight not in ("data", "config"):
             raise ValueError(f"--au_pos_weight must be 'data' or 'config', got {self.au_pos_weight!r}")
 
@@ -83,15 +101,25 @@ def predict(model: torch.nn.Module, dataloader, accelerator: Accelerator) -> tup
 
 
 def evaluate_model(
-    model: torch.nn.Module, dataloader, accelerator: Accelerator, au_thresholds: list[float]
+    model: torch.nn.Module, dataloader, accelerator: Accelerator, au_thresholds: list[float], task: str = "mtl"
 ) -> tuple[dict[str, float], np.ndarray]:
-    """ABAW scores at the model's AU thresholds, plus P_AU / P_MTL with thresholds fitted on this split."""
+    """ABAW scores at the model's AU thresholds, plus P_AU (and P_MTL) with thresholds fitted on this split.
+
+    `task` "mtl" scores the three tasks and P_MTL; "va", "expr" or "au" (a uni-task track) scores that task only.
+    """
     predictions, references = predict(model, dataloader, accelerator)
-    scores = abaw_mtl_score(predictions, references, au_thresholds=au_thresholds)
     fitted = fit_au_thresholds(predictions["action_units"], references["action_units"])
-    fitted_scores = abaw_mtl_score(predictions, references, au_thresholds=fitted)
-    scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
-    scores["P_MTL_fitted_thresholds"] = fitted_scores["P_MTL"]
+    if task == "mtl":
+        scores = abaw_mtl_score(predictions, references, au_thresholds=au_thresholds)
+        fitted_scores = abaw_mtl_score(predictions, references, au_thresholds=fitted)
+        scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
+        scores["P_MTL_fitted_thresholds"] = fitted_scores["P_MTL"]
+    else:
+        labels = TASK_LABELS[task]
+        scores = abaw_task_scores(task, predictions[labels], references[labels], au_thresholds)
+        if task == "au":
+            fitted_scores = abaw_task_scores(task, predictions[labels], references[labels], fitted)
+            scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
     return {key: float(value) for key, value in scores.items()}, fitted
 
 
@@ -148,17 +176,35 @@ class EmmaRecipe(ViTFineTuningRecipe):
             model.cnn.to(memory_format=torch.channels_last)
         return model
 
+    def __init__(self, training_args, recipe_args: EmmaArguments):
+        super().__init__(training_args, recipe_args)
+        task = recipe_args.task
+        self.selection_score = TASK_SELECTION[task]
+        if task != "mtl":
+            self.card_dataset = (f"Aff-Wild2 {task.upper()} track (ABAW)", f"aff-wild2-{task}")
+
+    def load_split(self, split: str):
+        """An ABAW MTL split, or a uni-task track's (`--task va|expr|au`): the same columns either way."""
+        options = self.recipe_args
+        if options.task == "mtl":
+            return load_abaw_mtl(options.data_dir, split)
+        return load_abaw_track(options.data_dir, options.task, split)
+
+    def data_identity(self) -> dict[str, Any]:
+        return {**super().data_identity(), "task": self.recipe_args.task}
+
     def build_data(self, model: EmmaForAffectAnalysis, accelerator: Accelerator) -> RecipeData:
         options, args = self.recipe_args, self.args
-        train_split = limit_rows(load_abaw_mtl(options.data_dir, "train"), args.max_train_samples, args.seed)
-        eval_split = limit_rows(load_abaw_mtl(options.data_dir, "validation"), args.max_eval_samples, args.seed)
+        train_split = limit_rows(self.load_split("train"), args.max_train_samples, args.seed)
+        eval_split = limit_rows(self.load_split("validation"), args.max_eval_samples, args.seed)
         if options.au_pos_weight == "data":
             model.config.au_pos_weight = au_pos_weight_from_labels(np.asarray(train_split["action_units"]))
         image_size = model.config.image_size
         return RecipeData(
             train=AbawMtlTorchDataset(train_split, image_size=image_size, train=True, seed=args.seed),
             evaluation=AbawMtlTorchDataset(eval_split, image_size=image_size, train=False, seed=args.seed),
-            description=f"ABAW MTL {len(train_split)} training / {len(eval_split)} validation frames",
+            description=f"ABAW {options.task.upper()} {len(train_split)} training / {len(eval_split)} validation "
+            "frames",
         )
 
     def example_batch(self, model: EmmaForAffectAnalysis, batch_size: int, generator: torch.Generator) -> dict:
@@ -172,7 +218,7 @@ class EmmaRecipe(ViTFineTuningRecipe):
 
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
         thresholds = accelerator.unwrap_model(model).config.au_thresholds
-        scores, fitted = evaluate_model(model, dataloader, accelerator, thresholds)
+        scores, fitted = evaluate_model(model, dataloader, accelerator, thresholds, self.recipe_args.task)
         return Evaluation(scores=scores, extras={"fitted_au_thresholds": fitted})
 
     def save_model(
