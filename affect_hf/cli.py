@@ -1,4 +1,4 @@
-"""`affect-hf` command line: demo, train (any recipe), make-synthetic (data for every recipe)."""
+"""`affect-hf` command line: demo, train (any recipe), make-synthetic (data for every recipe), convert (checkpoints)."""
 
 import argparse
 import json
@@ -90,6 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     synthetic.add_argument("--layout", default=None, help="lsd: abaw or authors; affectnet: folders or csv")
     synthetic.add_argument("--seed", type=int, default=0)
 
+    converter = commands.add_parser(
+        "convert", help="convert a released checkpoint (MAE, timm ViT, the authors' DAN, EMMA, CoTEX) to a model folder"
+    )
+    converter.add_argument("checkpoint", help="a .pth / .pkl file (read with torch.load(weights_only=True))")
+    converter.add_argument("output_dir")
+    converter.add_argument("--kind", default=None, help="what the file holds (affect_hf.convert); default: detected")
+    converter.add_argument(
+        "--allow-missing", action="append", default=[], metavar="PATTERN",
+        help="model tensors (fnmatch) that may stay initialised when the checkpoint lacks them",
+    )  # fmt: skip
+    converter.add_argument("--image_size", type=int, default=None, help="interpolate position embeddings to it")
+    converter.add_argument("--num_attention_heads", type=int, default=None, help="the ViT's (default: MAE's)")
+    converter.add_argument("--decoder_num_attention_heads", type=int, default=None, help="MAE decoder's (16)")
+
     if argv[:1] == ["train"]:
         from .training import main as train_main
 
@@ -99,6 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "demo":
         result = run_demo(args.output_dir, args.num_train, args.num_validation, args.epochs, args.seed)
         write_text_atomically(Path(args.output_dir) / "demo_scores.json", json.dumps(result, indent=2))
+    elif args.command == "convert":
+        from .convert import convert_to_folder
+
+        try:
+            conversion = convert_to_folder(
+                args.checkpoint, args.output_dir, kind=args.kind, allow_missing=tuple(args.allow_missing),
+                image_size=args.image_size, num_attention_heads=args.num_attention_heads,
+                decoder_num_attention_heads=args.decoder_num_attention_heads,
+            )  # fmt: skip
+        except (ValueError, FileNotFoundError) as error:  # CheckpointError is a ValueError
+            parser.exit(2, f"affect-hf convert: error: {error}\n")
+        print(json.dumps(conversion.record(), indent=2))
     elif args.command == "make-synthetic":
         try:
             print(make_synthetic(args))
