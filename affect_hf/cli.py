@@ -1,4 +1,5 @@
-"""`affect-hf` command line: demo, train (any recipe), make-synthetic (data for every recipe), convert (checkpoints)."""
+"""`affect-hf` command line: demo, train (any recipe), make-synthetic, convert (checkpoints), predict-abaw and
+validate-submission (ABAW test sets)."""
 
 import argparse
 import json
@@ -104,6 +105,25 @@ def main(argv: list[str] | None = None) -> None:
     converter.add_argument("--num_attention_heads", type=int, default=None, help="the ViT's (default: MAE's)")
     converter.add_argument("--decoder_num_attention_heads", type=int, default=None, help="MAE decoder's (16)")
 
+    predict = commands.add_parser("predict-abaw", help="predict an ABAW test list and write the submission file")
+    predict.add_argument(
+        "--model", required=True, help="a saved model folder (EMMA for mtl, CoTEX or 6 classes for lsd)"
+    )
+    predict.add_argument("--data_dir", required=True, help="the track's root (with its test list)")
+    predict.add_argument("--track", required=True, choices=("mtl", "lsd"))
+    predict.add_argument("--output", required=True, help="the submission file to write")
+    predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument("--num_workers", type=int, default=2)
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    predict.add_argument("--save_every", type=int, default=50, help="batches between saves of the progress")
+    predict.add_argument("--max_batches", type=int, default=None, help="stop after N batches (resume later)")
+    predict.add_argument("--image_dir", default=None, help="where the test images live, if not under data_dir")
+
+    validate = commands.add_parser("validate-submission", help="check a submission file against the test list")
+    validate.add_argument("file")
+    validate.add_argument("--track", required=True, choices=("mtl", "lsd"))
+    validate.add_argument("--data_dir", required=True, help="the track's root (with its test list)")
+
     if argv[:1] == ["train"]:
         from .training import main as train_main
 
@@ -113,6 +133,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "demo":
         result = run_demo(args.output_dir, args.num_train, args.num_validation, args.epochs, args.seed)
         write_text_atomically(Path(args.output_dir) / "demo_scores.json", json.dumps(result, indent=2))
+    elif args.command == "predict-abaw":
+        from .inference import SubmissionError, predict_abaw
+
+        try:
+            written = predict_abaw(
+                args.model, args.data_dir, args.track, args.output, batch_size=args.batch_size,
+                num_workers=args.num_workers, device=args.device, save_every=args.save_every,
+                max_batches=args.max_batches, image_dir=args.image_dir,
+            )  # fmt: skip
+        except (SubmissionError, FileNotFoundError, ValueError) as error:
+            parser.exit(1, f"affect-hf predict-abaw: error: {error}\n")
+        print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
+    elif args.command == "validate-submission":
+        from .inference import SubmissionError, abaw_test_names, validate_submission
+
+        try:
+            count = validate_submission(args.file, args.track, abaw_test_names(args.data_dir, args.track))
+        except (SubmissionError, FileNotFoundError) as error:
+            parser.exit(1, f"affect-hf validate-submission: error: {error}\n")
+        print(f"{args.file}: {count} predictions, every test image once and in order")
     elif args.command == "convert":
         from .convert import convert_to_folder
 

@@ -60,7 +60,9 @@ def load_abaw_lsd(
     )
 
 
-def _load_test_list(root: Path, test_list: str | os.PathLike | None, image_dir: str | os.PathLike | None) -> Dataset:
+def lsd_test_names(root: str | os.PathLike, test_list: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+    """The LSD test list's file and its image names, in order (default: the only `*test*.txt` in `root`)."""
+    root = Path(root)
     if test_list is None:
         candidates = sorted(root.glob("*test*.txt"))
         if len(candidates) != 1:
@@ -69,7 +71,6 @@ def _load_test_list(root: Path, test_list: str | os.PathLike | None, image_dir: 
             )
         test_list = candidates[0]
     test_list = Path(test_list)
-    image_dir = Path(image_dir).absolute() if image_dir is not None else test_list.absolute().parent
     names = []
     with open(test_list, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -81,6 +82,12 @@ def _load_test_list(root: Path, test_list: str | os.PathLike | None, image_dir: 
             if any(field.strip() for field in rest):
                 raise ValueError(f"{test_list}, line {line_number}: expected only an image name, found {line!r}")
             names.append(name)
+    return test_list, names
+
+
+def _load_test_list(root: Path, test_list: str | os.PathLike | None, image_dir: str | os.PathLike | None) -> Dataset:
+    test_list, names = lsd_test_names(root, test_list)
+    image_dir = Path(image_dir).absolute() if image_dir is not None else test_list.absolute().parent
     present = [name for name in names if (image_dir / name).is_file()]
     if len(present) < len(names):
         warnings.warn(

@@ -87,7 +87,7 @@ def load_abaw_mtl(root: str | os.PathLike, split: str, image_dir: str | os.PathL
     image_dir = Path(image_dir).absolute() if image_dir is not None else root / ABAW_MTL_IMAGE_DIR
 
     if split == "test":
-        names = _parse_test_list(annotation_path)
+        names = parse_test_list(annotation_path)
         valence_arousal = np.full((len(names), 2), MISSING_VALENCE_AROUSAL, dtype=np.float32)
         expression = np.full(len(names), MISSING_EXPRESSION, dtype=np.int64)
         action_units = np.full((len(names), NUM_ACTION_UNITS), MISSING_ACTION_UNIT, dtype=np.int8)
@@ -221,7 +221,7 @@ def _parse_annotations(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, n
     )
 
 
-def _parse_test_list(path: Path) -> list[str]:
+def parse_test_list(path: Path) -> list[str]:
     """Image names of the unlabelled test list; a line carrying anything besides the name is an error."""
     names = []
     for line_number, line in enumerate(_read_lines(path)[1:], start=2):
