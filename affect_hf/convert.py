@@ -450,27 +450,21 @@ def convert(
     model.eval()
     if dropped:
         logger.warning("dropped from %s on purpose: %s", path, dropped)
-    source_grid = _source_grid(checkpoint, kind)
-    target_grid = model.config.image_size // (model.config.vit_config.patch_size if hasattr(model.config, "vit_config")
-                                               else getattr(model.config, "patch_size", 1))  # fmt: skip
-    interpolated = None
-    if source_grid and source_grid != target_grid and kind != "dan":
-        interpolated = (
-            f"interpolated (bicubic) from a {source_grid}x{source_grid} to a {target_grid}x{target_grid} grid"
-        )
-    return Conversion(model, kind, path, file_sha256(path), dropped, accepted, interpolated)
+    return Conversion(model, kind, path, file_sha256(path), dropped, accepted, _interpolation(sources, converted))
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _source_grid(checkpoint: Any, kind: str) -> int | None:
-    if kind == "dan":
+def _interpolation(sources: dict, converted: dict) -> str | None:
+    """How the encoder's position embeddings were resized, if they were."""
+    source = next((value for key, value in sources.items() if key.split(".")[-1] == "pos_embed"), None)
+    target = next((value for key, value in converted.items() if key.endswith("embeddings.position_embeddings")), None)
+    if source is None or target is None or source.shape == target.shape:
         return None
-    state = checkpoint["state_dicts"][0] if kind == "cotex" else _state_dict(checkpoint)
-    positions = state.get("vit.pos_embed", state.get("pos_embed"))
-    return int(math.isqrt(positions.shape[1] - 1)) if positions is not None else None
+    old, new = (int(math.isqrt(tensor.shape[1] - 1)) for tensor in (source, target))
+    return f"interpolated (bicubic) from a {old}x{old} to a {new}x{new} grid"
 
 
 _TEMPLATES = {
@@ -500,7 +494,10 @@ def convert_to_folder(path: str | os.PathLike, output_dir: str | os.PathLike, **
         training_arguments=record,
         data_dir=record["source"],
         data_note=note,
-        tags=("affect", "converted", "custom_code") if conversion.kind not in ("mae-pretraining",) else ("vit-mae",),
+        # The ViT folders are transformers' ViTMAE (no custom code); the others carry this package's model code.
+        tags=("vit-mae", "converted")
+        if conversion.kind in ("mae-pretraining", "vit")
+        else ("affect", "converted", "custom_code"),
         pipeline_tag="image-classification" if conversion.kind in ("dan", "emma", "cotex") else None,
     )
     save_model_folder(conversion.model, Path(output_dir), card)

@@ -190,6 +190,20 @@ def test_mae_pretraining_lowers_the_held_out_loss_and_hands_on_a_stock_folder(fa
     assert train(*cotex)["status"] == "completed"
 
 
+def test_the_held_out_loss_per_image_is_vitmaes_own_loss():
+    """The evaluation's per-image loss (exact whatever the batching) averages to the model's batch loss."""
+    from affect_hf.training.recipes.mae import per_image_loss
+
+    torch.manual_seed(0)
+    model = ViTMAEForPreTraining(_tiny_mae_config()).eval()
+    pixel_values, noise = torch.randn(5, 3, 32, 32), torch.rand(5, 16)
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, noise=noise)
+        per_image = per_image_loss(model, pixel_values, outputs)
+    assert per_image.shape == (5,) and not torch.allclose(per_image, per_image[0])
+    torch.testing.assert_close(per_image.mean(), outputs.loss)
+
+
 def _listed(output_dir):
     return (output_dir / "train_images.txt").read_text().splitlines()
 

@@ -25,10 +25,12 @@ from datasets.table import InMemoryTable
 
 from ..labels import (
     ABAW_EXPRESSIONS,
+    LABEL_RULES,
     MISSING_ACTION_UNIT,
     MISSING_EXPRESSION,
     MISSING_VALENCE_AROUSAL,
     NUM_ACTION_UNITS,
+    valid_labels,
 )
 
 
@@ -194,25 +196,11 @@ def _parse_annotations(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, n
 
     values = np.asarray(values, dtype=np.float64)
     valence_arousal, expression, action_units = values[:, :2], values[:, 2], values[:, 3:]
-    checks = [
-        (
-            ((valence_arousal >= -1) & (valence_arousal <= 1)) | (valence_arousal == MISSING_VALENCE_AROUSAL),
-            f"valence and arousal must lie in [-1, 1] or be {MISSING_VALENCE_AROUSAL:g} (missing)",
-        ),
-        (
-            np.isin(expression, np.arange(MISSING_EXPRESSION, len(ABAW_EXPRESSIONS))),
-            f"expression must be an integer in {MISSING_EXPRESSION}..{len(ABAW_EXPRESSIONS) - 1}",
-        ),
-        (
-            np.isin(action_units, (MISSING_ACTION_UNIT, 0, 1)),
-            f"action units must be 0, 1 or {MISSING_ACTION_UNIT} (missing)",
-        ),
-    ]
-    for valid, rule in checks:
-        valid_rows = valid.reshape(len(names), -1).all(axis=1)
+    for task, columns in (("va", valence_arousal), ("expr", expression), ("au", action_units)):
+        valid_rows = valid_labels(task, columns).reshape(len(names), -1).all(axis=1)
         if not valid_rows.all():
             row = int(np.argmin(valid_rows))
-            raise ValueError(f"{path}, line {line_numbers[row]}: {rule}; found {values[row].tolist()}.")
+            raise ValueError(f"{path}, line {line_numbers[row]}: {LABEL_RULES[task]}; found {values[row].tolist()}.")
     return (
         names,
         valence_arousal.astype(np.float32),

@@ -23,10 +23,12 @@ from datasets import Dataset
 from ..labels import (
     ABAW_EXPRESSIONS,
     ACTION_UNITS,
+    LABEL_RULES,
     MISSING_ACTION_UNIT,
     MISSING_EXPRESSION,
     MISSING_VALENCE_AROUSAL,
     NUM_ACTION_UNITS,
+    valid_labels,
 )
 from .abaw_mtl import ABAW_MTL_IMAGE_DIR, abaw_frame_table
 
@@ -120,13 +122,13 @@ def _read_track_file(path: Path, task: str) -> list[list[float]]:
                 f"{task} track, found {len(fields)}: {line!r}."
             )
         try:
-            values = [float(field) for field in fields]
+            rows.append([float(field) for field in fields])
         except ValueError:
             raise ValueError(f"{path}, line {line_number}: non-numeric label in {line!r}.") from None
-        problem = _invalid(task, values)
-        if problem:
-            raise ValueError(f"{path}, line {line_number}: {problem}; found {line!r}.")
-        rows.append(values)
+    valid_rows = valid_labels(task, np.asarray(rows).reshape(len(rows), ABAW_TRACK_FIELDS[task])).all(axis=1)
+    if not valid_rows.all():
+        row = int(np.argmin(valid_rows))
+        raise ValueError(f"{path}, line {row + 2}: {LABEL_RULES[task]}; found {lines[row + 1]!r}.")
     return rows
 
 
@@ -136,15 +138,3 @@ def _is_numeric(line: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _invalid(task: str, values: list[float]) -> str | None:
-    if task == "va":
-        if not all(-1 <= value <= 1 or value == MISSING_VALENCE_AROUSAL for value in values):
-            return f"valence and arousal must lie in [-1, 1] or be {MISSING_VALENCE_AROUSAL:g} (invalid)"
-    elif task == "expr":
-        if values[0] not in range(MISSING_EXPRESSION, len(ABAW_EXPRESSIONS)):
-            return f"the expression must be an integer in {MISSING_EXPRESSION}..{len(ABAW_EXPRESSIONS) - 1}"
-    elif not all(value in (MISSING_ACTION_UNIT, 0, 1) for value in values):
-        return f"action units must be 0, 1 or {MISSING_ACTION_UNIT} (invalid)"
-    return None

@@ -32,6 +32,7 @@ import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from ..files import atomic_path
 from .datasets import UNREADABLE_IMAGES_KEY, collate_skipping_unreadable
 from .folders import is_image_file
 from .transforms import augmentation_rng, load_rgb_image
@@ -44,7 +45,6 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=
 # Shards per source: enough that many processes x workers each get several, few enough that a shard is a useful
 # unit of reading (a shard's records are permuted in memory). A power of two divides the usual world sizes.
 TARGET_NUM_SHARDS = 256
-LIST_FILE_NAME = "train_images.txt"
 
 
 @dataclass(frozen=True)
@@ -114,21 +114,17 @@ def _tar_paths(source: str) -> list[str] | None:
 def write_image_list(folder: str | os.PathLike, list_path: str | os.PathLike) -> int:
     """Walk `folder` in sorted order, writing the absolute path of every image file to `list_path` as it goes (a
     temporary file renamed at the end); return how many."""
-    folder, list_path = Path(folder).absolute(), Path(list_path)
-    list_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = list_path.with_name(f".{list_path.name}.tmp")
+    folder = Path(folder).absolute()
     count = 0
-    with open(staging, "w", encoding="utf-8") as handle:
+    with atomic_path(list_path) as staging, open(staging, "w", encoding="utf-8") as handle:
         for directory, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
             for filename in sorted(filenames):
                 if is_image_file(filename) and not filename.startswith("."):
                     handle.write(os.path.join(directory, filename) + "\n")
                     count += 1
-    if not count:
-        staging.unlink()
-        raise ValueError(f"{folder} holds no image files")
-    os.replace(staging, list_path)
+        if not count:
+            raise ValueError(f"{folder} holds no image files")
     return count
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..files import write_text_atomically
-from ..labels import AFFECTNET_EXPRESSIONS, AFFECTNET_NON_EXPRESSION_CODES, LSD_EXPRESSIONS
+from ..files import atomic_path, write_text_atomically
+from ..labels import AFFECTNET_EXPRESSIONS, AFFECTNET_NON_EXPRESSION_CODES, LSD_EXPRESSIONS, LSD_FOLDER_ALIASES
 from .affectnet import AFFECTNET_COLUMNS
 from .synthetic import EXPRESSION_COLORS, prepare_synthetic_root
 
@@ -146,14 +146,12 @@ def make_synthetic_faces(
     if images_per_shard:
         for start in range(0, num_images, images_per_shard):
             shard = root / f"faces-{start // images_per_shard:06d}.tar"
-            staging = shard.with_name(f".{shard.name}.tmp")
-            with tarfile.open(staging, "w") as archive:
+            with atomic_path(shard) as staging, tarfile.open(staging, "w") as archive:
                 for key, extension, data in samples[start : start + images_per_shard]:
                     for name, payload in ((key + extension, data), (key + ".json", json.dumps({"key": key}).encode())):
                         info = tarfile.TarInfo(name)
                         info.size = len(payload)
                         archive.addfile(info, io.BytesIO(payload))
-            staging.replace(shard)
     else:
         for key, extension, data in samples:
             path = root / f"group_{int(key) % 4}" / (key + extension)
@@ -197,7 +195,8 @@ def make_synthetic_lsd(
     rng = np.random.default_rng([seed, 11])
     validation_names = list(LSD_EXPRESSIONS)
     if layout == "abaw":
-        train_names = ["ANGRER" if name == "Anger" else name.upper() for name in LSD_EXPRESSIONS]
+        released = {name: folder for folder, name in LSD_FOLDER_ALIASES.items()}  # Anger ships as ANGRER
+        train_names = [released.get(name, name.upper()) for name in LSD_EXPRESSIONS]
         validation_names = [name.upper() for name in LSD_EXPRESSIONS]
         train_folder, validation_folder = "training_set_synthetic_images", "validation_set_real_images"
     else:

@@ -23,7 +23,7 @@ from transformers import AutoModel
 from ..data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, load_abaw_mtl
 from ..data.abaw_lsd import ABAW_LSD_HEADER, load_abaw_lsd, lsd_test_names
 from ..data.abaw_mtl import ABAW_MTL_ANNOTATION_FILES, ABAW_MTL_HEADER, parse_test_list
-from ..files import write_text_atomically
+from ..files import atomic_path, write_text_atomically
 from ..labels import LSD_EXPRESSIONS, NUM_ACTION_UNITS, NUM_EXPRESSIONS
 
 
@@ -152,10 +152,9 @@ class Predictions:
         return cls(np.full((count, 2), np.nan), np.full(count, -1), np.full((count, NUM_ACTION_UNITS), -1))
 
     def save(self, path: Path, fingerprint: str) -> None:
-        staging = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(staging, fingerprint=fingerprint, done=self.done, valence_arousal=self.valence_arousal,
-                 expression=self.expression, action_units=self.action_units)  # fmt: skip
-        os.replace(staging, path)
+        with atomic_path(path) as staging:
+            np.savez(staging, fingerprint=fingerprint, done=self.done, valence_arousal=self.valence_arousal,
+                     expression=self.expression, action_units=self.action_units)  # fmt: skip
 
     @classmethod
     def load(cls, path: Path, fingerprint: str, count: int) -> "Predictions | None":

@@ -18,11 +18,13 @@ import torch
 
 from affect_hf.labels import (
     ACTION_UNITS,
+    LABEL_RULES,
     MISSING_ACTION_UNIT,
     MISSING_EXPRESSION,
     MISSING_VALENCE_AROUSAL,
     NUM_ACTION_UNITS,
     NUM_EXPRESSIONS,
+    valid_labels,
 )
 from modeling.losses import concordance_correlation_coefficient
 
@@ -64,9 +66,14 @@ def _check_probabilities(probabilities: np.ndarray, name: str) -> None:
         raise ValueError(f"`{name}` must be probabilities in [0, 1] (apply a sigmoid to logits) or 0/1 decisions.")
 
 
+def _check_references(task: str, references: np.ndarray) -> None:
+    valid = valid_labels(task, references)
+    if not valid.all():
+        raise ValueError(f"{task} references: {LABEL_RULES[task]}; found {references[~valid][:5].tolist()}.")
+
+
 def _valid_action_units(references: np.ndarray) -> np.ndarray:
-    if not np.isin(references, (MISSING_ACTION_UNIT, 0, 1)).all():
-        raise ValueError(f"Action unit references must be 0, 1 or {MISSING_ACTION_UNIT} (missing).")
+    _check_references("au", references)
     return references != MISSING_ACTION_UNIT
 
 
@@ -145,12 +152,7 @@ def _valence_arousal_cccs(predictions: ArrayLike, references: ArrayLike) -> tupl
     predictions = _as_numpy(predictions, "valence_arousal predictions", ndim=2, width=2)
     references = _as_numpy(references, "valence_arousal references", ndim=2, width=2)
     _check_same_length("valence_arousal", predictions, references)
-    in_range = ((references >= -1) & (references <= 1)) | (references == MISSING_VALENCE_AROUSAL)
-    if not in_range.all():
-        raise ValueError(
-            f"valence/arousal references must lie in [-1, 1] or be {MISSING_VALENCE_AROUSAL:g} (missing); found "
-            f"{references[~in_range][:5].tolist()}."
-        )
+    _check_references("va", references)
     # A sample counts only when both valence and arousal are labelled (ABAW marks them missing together).
     valid = np.all(references != MISSING_VALENCE_AROUSAL, axis=1)
     _check_finite(predictions[valid], "valence_arousal predictions")

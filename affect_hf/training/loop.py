@@ -21,7 +21,8 @@ from accelerate.utils import send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.datasets import UNREADABLE_IMAGES_KEY
+from ..data.datasets import UNREADABLE_IMAGES_KEY, collate_skipping_unreadable
+from ..files import atomic_path
 from ..hub import push_folder_to_hub
 from .arguments import TrainingArguments, resolve_mixed_precision
 from .optimization import build_schedule
@@ -248,11 +249,8 @@ class _Run:
 
     def save_figures(self, evaluation: Evaluation, accelerator: Accelerator, step: int) -> None:
         for name, image in evaluation.images.items():
-            path = self.output_dir / FIGURES_DIR / f"{name}_step{step:08d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = path.with_name(f".{path.name}.tmp")
-            image.save(staging, format="PNG")
-            staging.replace(path)
+            with atomic_path(self.output_dir / FIGURES_DIR / f"{name}_step{step:08d}.png") as staging:
+                image.save(staging, format="PNG")
         for tracker in accelerator.trackers:
             if evaluation.images and hasattr(tracker, "log_images"):
                 if tracker.name == "tensorboard":
@@ -357,7 +355,7 @@ def _train(recipe: Recipe, accelerator: Accelerator) -> dict:
             shuffle=True,
             drop_last=True,
             num_workers=args.num_workers,
-            collate_fn=data.collate_fn,
+            collate_fn=collate_skipping_unreadable,
             generator=torch.Generator().manual_seed(args.seed),
         )
         # Count batches on the prepared loader: it holds this process's share. Accelerate's seedable sampler draws
@@ -376,7 +374,6 @@ def _train(recipe: Recipe, accelerator: Accelerator) -> dict:
                 batch_size=args.per_device_eval_batch_size,
                 shuffle=False,
                 num_workers=args.num_workers,
-                collate_fn=data.eval_collate_fn,
                 generator=torch.Generator().manual_seed(args.seed),
             )
         )
@@ -472,7 +469,6 @@ def _train(recipe: Recipe, accelerator: Accelerator) -> dict:
             model.train()
             consumed = state["batches_in_epoch"] if epoch == state["epoch"] else 0
             state["epoch"], state["batches_in_epoch"] = epoch, consumed
-            evaluated_at = None
             for batch in train_batches.epoch(epoch, consumed, stream_state if consumed else None):
                 unreadable = int(batch.pop(UNREADABLE_IMAGES_KEY, 0))
                 position = state["batches_in_epoch"]
@@ -520,15 +516,13 @@ def _train(recipe: Recipe, accelerator: Accelerator) -> dict:
                 in_between = step < total_steps and state["batches_in_epoch"] < micro_batches_per_epoch
                 if args.eval_steps and step % args.eval_steps == 0 and in_between:
                     evaluate_and_select(epoch)
-                    evaluated_at = step
                     model.train()
                 if args.save_steps and step % args.save_steps == 0 and in_between:
                     save_state()
                 if step >= total_steps:
                     break
 
-            if evaluated_at != state["global_step"]:
-                evaluate_and_select(epoch)
+            evaluate_and_select(epoch)
             state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
             stream_state = None
             save_state()

@@ -6,7 +6,6 @@ a saved folder holds. The loop (`affect_hf.training.loop`) says *how*, identical
 """
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +15,6 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from ...data.datasets import collate_skipping_unreadable
 from ...hub import render_model_card, save_model_folder
 from ..arguments import TrainingArguments
 from ..optimization import layer_decay_parameter_groups, weight_decay_parameter_groups
@@ -48,14 +46,13 @@ class RecipeData:
 
     `train` is a map-style torch dataset (shuffled by a seeded sampler and sharded by Accelerate) or an
     `ImageStream` (a `datasets` streaming source, sharded by node and worker, resumed from its position).
-    Training items may be unreadable-image markers (see `affect_hf.data.datasets`). `evaluation` is read in
-    order, whole, at every evaluation; None when the recipe has nothing to evaluate.
+    Map-style training items may be unreadable-image markers, which the loop's collate drops and counts (see
+    `affect_hf.data.datasets`). `evaluation` is read in order, whole, at every evaluation; None when the recipe has
+    nothing to evaluate.
     """
 
     train: Any
     evaluation: torch.utils.data.Dataset | None = None
-    collate_fn: Callable = collate_skipping_unreadable
-    eval_collate_fn: Callable | None = None
     description: str = ""
 
 

@@ -7,6 +7,7 @@ or `.tar` shards (`affect_hf.data.streams`). Each evaluation scores the held-out
 (`eval_loss`) and draws a reconstruction figure; the last model is kept, as MAE does.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from ..presets import config_from_preset
 from .base import Evaluation, Recipe, RecipeData, data_folder_name
 from .checks import check_model_folder
 
+
+logger = logging.getLogger(__name__)
 
 TRAIN_LIST_FILE, VALIDATION_LIST_FILE = "train_images.txt", "validation_images.txt"
 
@@ -168,7 +171,9 @@ class MaeRecipe(Recipe):
                 set_aside = min(options.num_validation_images, source.total - 1)
                 held_out, unreadable = readable_records(source.records(set_aside))
                 if unreadable:  # images we chose to hold out: drop the broken ones, as training skips them
-                    accelerator.print(f"{len(unreadable)} held-out images cannot be decoded and are left out")
+                    logger.warning(
+                        "%d held-out images cannot be decoded and are left out: %s", len(unreadable), unreadable[:3]
+                    )
                 if args.max_eval_samples is not None:
                     held_out = held_out[: args.max_eval_samples]
         if not held_out:
