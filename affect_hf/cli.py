@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_demo(args.output_dir, args.num_train, args.num_validation, args.epochs, args.seed)
         write_text_atomically(Path(args.output_dir) / "demo_scores.json", json.dumps(result, indent=2))
     elif args.command == "predict-abaw":
-        from .inference import SubmissionError, predict_abaw
+        from .inference import predict_abaw
 
         try:
             written = predict_abaw(
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 num_workers=args.num_workers, device=args.device, save_every=args.save_every,
                 max_batches=args.max_batches, image_dir=args.image_dir,
             )  # fmt: skip
-        except (SubmissionError, FileNotFoundError, ValueError) as error:
+        except (OSError, ValueError) as error:  # a missing folder or model, a bad list, a refused submission
             parser.exit(1, f"affect-hf predict-abaw: error: {error}\n")
         print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
     elif args.command == "validate-submission":

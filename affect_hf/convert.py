@@ -103,11 +103,23 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     try:
         with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Unsupported global" not in str(error):  # a foreign or broken file, not a pickle asking for code
+            reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), str(error))
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (corrupt or another format): {reason}"
+            ) from None
+        reason = next(line.strip() for line in str(error).splitlines() if "Unsupported global" in line)
         raise CheckpointError(
-            f"{path} needs more than tensors and plain data to load, so it was not unpickled ({first_line}). "
+            f"{path} needs more than tensors and plain data to load, so it was not unpickled ({reason}). "
             "Load it where you trust it and re-save its state dict: torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or another format): {first_line}"
         ) from None
 
 

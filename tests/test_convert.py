@@ -422,6 +422,17 @@ def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+def test_a_corrupt_or_foreign_file_is_named_not_a_readable_checkpoint(tmp_path, generator):
+    junk = tmp_path / "notes.pth"
+    junk.write_text("not a checkpoint")
+    good = _save(tmp_path, {"model_state_dict": dan_state(generator)})
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:500])
+    for path in (junk, truncated):
+        with pytest.raises(CheckpointError, match=f"{path.name} is not a readable PyTorch checkpoint"):
+            convert(path)
+
+
 def test_the_convert_command_writes_a_folder_and_reports_what_it_did(generator, tmp_path, capsys):
     path = _save(tmp_path, {"model_state_dict": dan_state(generator)})
     cli_main(["convert", str(path), str(tmp_path / "out")])

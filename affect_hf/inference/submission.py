@@ -199,6 +199,8 @@ def predict_abaw(
             f"{len(names) - len(split)} of the {len(names)} test images are missing (see the warning above): a "
             "submission must predict every one"
         )
+    if os.sep in str(model_path) and not Path(model_path).is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_path}")
     model = AutoModel.from_pretrained(model_path).eval()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model.to(device)
