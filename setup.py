@@ -10,7 +10,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["affect_hf", "affect_hf.*", "modeling", "model_cards"]),
-    package_data={"model_cards": ["*.md"], "affect_hf.metrics": ["abaw_mtl/*.py"]},
+    package_data={
+        "model_cards": ["*.md"],
+        "affect_hf.metrics": ["abaw_mtl/*.py"],
+        # MediaPipe's BlazeFace weights (Apache-2.0), converted by scripts/convert_blazeface.py; see NOTICE.
+        "affect_hf.faces": ["*.safetensors", "NOTICE"],
+    },
     install_requires=[
         # torch: install the build for your machine first (see README); any 2.4+ works.
         "torch>=2.4",

@@ -29,6 +29,9 @@ for _config_class, _model_class in _MODEL_FAMILIES:
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
 
+from .inference.analysis import pipeline  # noqa: E402  (loads models through the registrations above)
+
+
 __all__ = [
     "CotexConfig",
     "CotexForImageClassification",
@@ -38,4 +41,5 @@ __all__ = [
     "EmmaForAffectAnalysis",
     "MaeViTModel",
     "__version__",
+    "pipeline",
 ]

@@ -20,6 +20,7 @@ from .configuration_emma import EmmaConfig
 from .losses import masked_binary_cross_entropy, masked_ccc_loss, masked_cross_entropy
 from .modeling_dan import DanForImageClassification
 from .modeling_vit_backbone import MaeViTModel
+from .pipeline_affect import custom_pipeline_entry
 
 
 @dataclass
@@ -68,6 +69,8 @@ class EmmaPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         add_auto_map_entries(self, ("AutoModelForImageClassification",))
+        # Importing the pipeline module above also makes transformers copy it into the folder with this file.
+        self.config.custom_pipelines = custom_pipeline_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -14,12 +14,13 @@ import torch
 import yaml
 from huggingface_hub import CommitInfo, HfApi
 from PIL import Image
-from transformers import pipeline
+from transformers import AutoImageProcessor, pipeline
 
 from affect_hf.data import AffectImageTransform
 from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
 from model_cards import COTEX_TEMPLATE
 from modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
+from modeling.pipeline_affect import affect_scores, describe
 from tests.runs import BLOCK_PROJECT_IMPORTS
 from tests.test_modeling import IMAGE_SIZE, TINY_VIT, tiny_emma_config
 
@@ -39,6 +40,10 @@ REMOTE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
     classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
     saved = {name: value for name, value in outputs.items() if name in ("logits", "valence_arousal", "au_logits")}
     saved["pipeline"] = classifier(image_path, top_k=8)
+    if "custom_pipelines" in model.config.to_dict():  # EMMA's affect-analysis pipeline, built from the folder alone
+        analysis = pipeline(model=folder, trust_remote_code=True)
+        saved["affect_pipeline"] = analysis([image_path, image_path], batch_size=2)
+        saved["affect_pipeline_class"] = type(analysis).__module__
     torch.save(saved, output_path)
     """
 )
@@ -69,6 +74,7 @@ def test_folder_holds_weights_code_processor_and_card(saved_folder):
     names = {path.name for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
     assert {"modeling_emma.py", "configuration_emma.py", "modeling_vit_backbone.py", "modeling_dan.py"} <= names
+    assert "pipeline_affect.py" in names
     assert not [name for name in os.listdir(folder.parent) if name.startswith(".")], "staging folder left behind"
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -117,12 +123,27 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(fixture, re
     with torch.no_grad():
         local = model(pixel_values)
     compared = [name for name in ("logits", "valence_arousal", "au_logits") if getattr(local, name, None) is not None]
-    assert set(remote) == {*compared, "pipeline"}
+    affect = ["affect_pipeline", "affect_pipeline_class"] if isinstance(model, EmmaForAffectAnalysis) else []
+    assert set(remote) == {*compared, "pipeline", *affect}
     for name in compared:
         assert torch.equal(remote[name], getattr(local, name)), name
     local_pipeline = pipeline("image-classification", model=str(folder))(str(image_path), top_k=8)
     assert remote["pipeline"] == local_pipeline
     assert {entry["label"] for entry in local_pipeline} == set(model.config.id2label.values())
+    if affect:
+        assert remote["affect_pipeline_class"].startswith("transformers_modules")
+        processor = AutoImageProcessor.from_pretrained(folder)
+        with torch.no_grad():
+            outputs = model(**processor(images=Image.open(image_path), return_tensors="pt"))
+        expected = describe(affect_scores(outputs, model.config), 0, model.config)
+        for result in remote["affect_pipeline"]:  # batched there, alone here: equal to float tolerance
+            assert result["expression"] == expected["expression"] and result["au_active"] == expected["au_active"]
+            assert [result["valence"], result["arousal"]] == pytest.approx([expected["valence"], expected["arousal"]])
+            for field in ("expression_scores", "au_probabilities"):
+                assert result[field] == pytest.approx(expected[field], abs=1e-6)
+        assert set(expected) == {"valence", "arousal", "expression", "expression_scores", "au_probabilities",
+                                 "au_active"}  # fmt: skip
+        assert list(expected["au_active"]) == list(model.config.au_names)
 
 
 def test_saved_processor_preprocesses_like_the_training_eval_transform(saved_folder):
