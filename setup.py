@@ -35,7 +35,18 @@ setup(
     ],
     extras_require={
         "tensorboard": ["tensorboard>=2.14"],
-        "dev": ["pytest>=8.0", "scikit-learn>=1.3", "tensorboard>=2.14"],
+        # affect-hf predict on videos (PyAV's wheels carry FFmpeg) and its --plots.
+        "video": ["av>=12"],
+        "plots": ["matplotlib>=3.7"],
+        # scikit-image for its real face photo (skimage.data.astronaut) in the tests.
+        "dev": [
+            "pytest>=8.0",
+            "scikit-learn>=1.3",
+            "tensorboard>=2.14",
+            "av>=12",
+            "matplotlib>=3.7",
+            "scikit-image>=0.22",
+        ],
     },
     entry_points={"console_scripts": ["affect-hf=affect_hf.cli:main"]},
     classifiers=[

@@ -1,5 +1,5 @@
-"""`affect-hf` command line: demo, train (any recipe), make-synthetic, convert (checkpoints), predict-abaw and
-validate-submission (ABAW test sets)."""
+"""`affect-hf` command line: demo, train (any recipe), make-synthetic, convert (checkpoints), predict (faces in
+pictures and videos -> a table), predict-abaw and validate-submission (ABAW test sets)."""
 
 import argparse
 import json
@@ -119,6 +119,32 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--max_batches", type=int, default=None, help="stop after N batches (resume later)")
     predict.add_argument("--image_dir", default=None, help="where the test images live, if not under data_dir")
 
+    analyse = commands.add_parser(
+        "predict",
+        help="faces in pictures, folders and videos -> valence, arousal, expressions and AUs per frame x face",
+        description="Writes one row per frame x face (a row with an empty face_id for a frame without a face), "
+        "streamed to disk as it goes; Ctrl-C keeps every row so far. Videos need `pip install affect-hf[video]`, "
+        "--plots needs `affect-hf[plots]`.",
+    )
+    analyse.add_argument("paths", nargs="+", metavar="PATH", help="pictures, videos or folders of them")
+    analyse.add_argument("--model", required=True, help="a saved affect model folder or Hub id (EMMA, CoTEX, DAN)")
+    analyse.add_argument("--output", required=True, help="the table to write: FILE.csv or FILE.parquet")
+    analyse.add_argument("--batch_size", type=int, default=16, help="frames per batch to the detector and model")
+    analyse.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    analyse.add_argument("--every_n_frames", type=int, default=1, help="analyse one video frame in N")
+    analyse.add_argument("--max_faces", type=int, default=None, help="at most N faces per frame (the most certain)")
+    analyse.add_argument("--min_face_score", type=float, default=0.5, help="the detector's score threshold")
+    analyse.add_argument(
+        "--smoothing", type=float, default=0.0, metavar="SECONDS",
+        help="time constant of an exponential moving average of each face's outputs (0: off)",
+    )  # fmt: skip
+    analyse.add_argument("--max_gap", type=float, default=1.0, help="seconds a lost face keeps its id")
+    analyse.add_argument(
+        "--plots", nargs="?", const="", default=None, metavar="DIR",
+        help="write PNG plots per video (default folder: OUTPUT without suffix + _plots)",
+    )  # fmt: skip
+    analyse.add_argument("--overlay", default=None, metavar="OUT.mp4", help="the video with faces and labels drawn")
+
     validate = commands.add_parser("validate-submission", help="check a submission file against the test list")
     validate.add_argument("file")
     validate.add_argument("--track", required=True, choices=("mtl", "lsd"))
@@ -145,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as error:  # a missing folder or model, a bad list, a refused submission
             parser.exit(1, f"affect-hf predict-abaw: error: {error}\n")
         print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
+    elif args.command == "predict":
+        run_predict(parser, args)
     elif args.command == "validate-submission":
         from .inference import SubmissionError, abaw_test_names, validate_submission
 
@@ -170,6 +198,42 @@ def main(argv: list[str] | None = None) -> None:
             print(make_synthetic(args))
         except (FileExistsError, ValueError) as error:
             parser.exit(2, f"affect-hf make-synthetic: error: {error}\n")
+
+
+def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`affect-hf predict`: exit 0 with rows written, 1 when nothing could be analysed, 130 on Ctrl-C (rows kept)."""
+    from .inference.video import predict
+
+    plots = args.plots
+    if plots == "":
+        plots = str(Path(args.output).with_suffix("")) + "_plots"
+    try:
+        summary = predict(
+            args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
+            every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
+            smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
+        )  # fmt: skip
+    except (OSError, ValueError, ImportError) as error:  # missing paths, not an affect model, a bad output name
+        parser.exit(1, f"affect-hf predict: error: {error}\n")
+    media = summary.media
+    print(
+        f"{summary.output}: {summary.rows} rows, {summary.frames} frames ({media.images} pictures, {media.videos} "
+        f"videos), {summary.faces} faces, {summary.frames_without_face} frames without a face, "
+        f"{summary.frames_per_second:.1f} frames/s"
+    )
+    for path, reason in media.skipped:
+        print(f"skipped {path}: {reason}")
+    for path, count in media.corrupt_packets.items():
+        print(f"{path}: {count} unreadable packet(s) skipped")
+    for path in summary.plots:
+        print(f"plot: {path}")
+    if args.overlay and summary.frames:
+        print(f"overlay: {args.overlay}")
+    if summary.interrupted:
+        parser.exit(130, f"interrupted: the {summary.rows} rows so far are in {summary.output}\n")
+    if not summary.frames:
+        Path(summary.output).unlink(missing_ok=True)
+        parser.exit(1, f"affect-hf predict: error: nothing could be read from {' '.join(args.paths)}\n")
 
 
 def make_synthetic(args: argparse.Namespace) -> Path:

@@ -27,10 +27,16 @@ def affect_scores(outputs: Any, config: Any) -> dict[str, torch.Tensor]:
     if getattr(outputs, "valence_arousal", None) is not None:
         scores["valence_arousal"] = outputs.valence_arousal.float()
     if getattr(outputs, "au_logits", None) is not None:
-        probabilities = outputs.au_logits.float().sigmoid()
+        scores["au_probabilities"] = outputs.au_logits.float().sigmoid()
+    return with_decisions(scores, config)
+
+
+def with_decisions(scores: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """`scores` plus `au_active`: each AU's probability >= its threshold in `config.au_thresholds`."""
+    if "au_probabilities" in scores:
+        probabilities = scores["au_probabilities"]
         thresholds = torch.tensor(config.au_thresholds, device=probabilities.device)
-        scores["au_probabilities"] = probabilities
-        scores["au_active"] = probabilities >= thresholds
+        scores = {**scores, "au_active": probabilities >= thresholds}
     return scores
 
 

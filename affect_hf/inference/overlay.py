@@ -1,0 +1,81 @@
+"""`--overlay out.mp4`: the analysed frames with each face's box, id, expression and valence/arousal drawn on."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from ..files import atomic_path
+from .media import Frame
+
+
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
+
+
+def draw_faces(image: PIL.Image.Image, rows: list[dict[str, Any]]) -> PIL.Image.Image:
+    """Boxes and labels of one frame's rows (the table's rows) drawn on a copy of `image`."""
+    image = image.copy()
+    draw = PIL.ImageDraw.Draw(image)
+    for row in rows:
+        if row.get("face_id") is None:
+            continue
+        color = PALETTE[row["face_id"] % len(PALETTE)]
+        box = [row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"]]
+        draw.rectangle(box, outline=color, width=2)
+        label = f"#{row['face_id']} {row['expression']}"
+        if "valence" in row:
+            label += f" V{row['valence']:+.2f} A{row['arousal']:+.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
+        y = max(0, box[1] - (bottom - top) - 4)
+        draw.rectangle([box[0], y, box[0] + right - left + 4, y + bottom - top + 4], fill=color)
+        draw.text((box[0] + 2, y + 1), label, fill=(0, 0, 0))
+    return image
+
+
+class OverlayWriter:
+    """An H.264 video of one input video's analysed frames, at its frame rate / `every_n_frames`.
+
+    Written to a hidden file and renamed on `close()`, which also runs on Ctrl-C: the overlay then ends where
+    the table does. It shows the first video among the inputs; other videos and still pictures are not drawn.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Any):
+        import av  # noqa: F401  (fail before any frame is read when PyAV is missing)
+
+        self.path, self.config = Path(path), config
+        self.source: str | None = None
+        self.container = self.stream = None
+        self._staging = None
+
+    def add(self, frame: Frame, rows: list[dict[str, Any]], rate: float | None, every_n_frames: int) -> None:
+        import av
+
+        if frame.time is None or self.source not in (None, frame.source):
+            return
+        if self.source is None:
+            self.source = frame.source
+            self._staging = atomic_path(self.path)
+            staging = self._staging.__enter__()
+            self.container = av.open(str(staging), mode="w", format="mp4")
+            fps = max(1, round((rate or 25.0) / every_n_frames))
+            self.stream = self.container.add_stream("libx264", rate=fps)
+            height, width = frame.image.shape[1:]
+            self.stream.width, self.stream.height, self.stream.pix_fmt = width // 2 * 2, height // 2 * 2, "yuv420p"
+        picture = draw_faces(PIL.Image.fromarray(frame.image.permute(1, 2, 0).numpy()), rows)
+        array = np.asarray(picture)[: self.stream.height, : self.stream.width]
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+        finally:
+            self._staging.__exit__(None, None, None)
+            self.container = None

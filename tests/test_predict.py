@@ -1,0 +1,231 @@
+"""`affect-hf predict` on a generated video of two moving faces (from a real photo), pictures and broken files:
+rows per frame x face, stable ids, smoothing, tables, plots, overlay, Ctrl-C and bad input."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from skimage.data import astronaut
+
+import affect_hf
+from affect_hf.cli import main
+from affect_hf.data.synthetic_video import write_face_video
+from affect_hf.hub import save_model_folder
+from affect_hf.inference.smoothing import ExponentialSmoother
+from affect_hf.inference.table import read_table
+from affect_hf.inference.tracking import FaceTracker
+from affect_hf.inference.video import predict
+from modeling import EmmaForAffectAnalysis
+from tests.test_modeling import tiny_emma_config
+
+
+FACE = astronaut()[40:300, 110:350]  # the photo's face, cropped close
+NUM_FRAMES, FPS, SIZE = 24, 12, (384, 216)
+EXPRESSION_COLUMNS = [f"expression_{name}" for name in ("Neutral", "Anger", "Happiness", "Other")]
+
+
+@pytest.fixture(scope="module")
+def emma_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
+    with torch.no_grad():  # a visible scale, so outputs move from frame to frame
+        for parameter in model.head.parameters():
+            parameter.mul_(8)
+    return save_model_folder(model, tmp_path_factory.mktemp("predict") / "emma")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    write_face_video(folder / "two_faces.mp4", FACE, num_frames=NUM_FRAMES, fps=FPS, size=SIZE)
+    Image.fromarray(astronaut()).save(folder / "photo.jpg")
+    Image.fromarray(np.full((60, 90, 3), 120, np.uint8)).save(folder / "no_face.png")
+    (folder / "notes.txt").write_text("neither a picture nor a video")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def analysed(emma_folder, media, tmp_path_factory) -> tuple[pd.DataFrame, object, Path]:
+    output = tmp_path_factory.mktemp("out") / "table.csv"
+    summary = predict([media], emma_folder, output, batch_size=5, device="cpu", progress=False,
+                      plots_dir=output.parent / "plots", overlay=output.parent / "overlay.mp4")  # fmt: skip
+    return read_table(output), summary, output.parent
+
+
+def test_one_row_per_frame_and_face_with_two_stable_ids(analysed, media):
+    table, summary, _ = analysed
+    video = table[table["source"] == str(media / "two_faces.mp4")]
+    assert len(video) == 2 * NUM_FRAMES and summary.frames == NUM_FRAMES + 2
+    assert sorted(video["frame"].unique()) == list(range(NUM_FRAMES))
+    np.testing.assert_allclose(video.groupby("frame")["time"].first(), np.arange(NUM_FRAMES) / FPS, atol=1e-6)
+    assert set(video["face_id"]) == {0, 1}
+    centres = (video["box_x1"] + video["box_x2"]) / 2
+    for face_id, side in video.assign(left=centres < SIZE[0] / 2).groupby("face_id")["left"]:
+        assert side.all() or not side.any(), f"face {face_id} changed sides: its id jumped between people"
+    assert video.groupby("frame")["face_id"].nunique().eq(2).all()
+
+
+def test_pictures_a_frame_without_a_face_and_a_skipped_file(analysed, media):
+    table, summary, _ = analysed
+    photo = table[table["source"] == str(media / "photo.jpg")]
+    assert len(photo) == 1 and photo["frame"].iloc[0] == 0 and math.isnan(photo["time"].iloc[0])
+    empty = table[table["source"] == str(media / "no_face.png")]
+    assert len(empty) == 1 and math.isnan(empty["face_id"].iloc[0]) and math.isnan(empty["valence"].iloc[0])
+    assert summary.frames_without_face == 1 and summary.rows == len(table)
+    assert summary.media.skipped == [(str(media / "notes.txt"), summary.media.skipped[0][1])]
+    assert "neither an image nor a video" in summary.media.skipped[0][1]
+
+
+def test_rows_hold_the_pipelines_numbers(analysed, media, emma_folder):
+    table, _, _ = analysed
+    frame = next(iter(av.open(str(media / "two_faces.mp4")).decode(video=0))).to_ndarray(format="rgb24")
+    faces = sorted(affect_hf.pipeline(emma_folder, device="cpu")(frame), key=lambda face: face["box"][0])
+    rows = table[(table["source"] == str(media / "two_faces.mp4")) & (table["frame"] == 0)].sort_values("box_x1")
+    for face, (_, row) in zip(faces, rows.iterrows(), strict=True):
+        assert row["box_x1"] == pytest.approx(face["box"][0], abs=1e-3)
+        assert row["valence"] == pytest.approx(face["valence"], rel=1e-4, abs=1e-5)
+        assert row["expression"] == face["expression"]
+        for name, probability in face["au_probabilities"].items():
+            assert row[f"{name}_probability"] == pytest.approx(probability, abs=1e-5)
+            assert row[name] == int(face["au_active"][name])
+        assert row["right_eye_x"] == pytest.approx(face["landmarks"]["right_eye"][0], abs=1e-3)
+    assert table.loc[table["face_id"].notna(), EXPRESSION_COLUMNS].notna().all().all()
+
+
+def test_plots_and_overlay_are_written(analysed):
+    _, summary, folder = analysed
+    names = sorted(path.name for path in summary.plots)
+    assert names == sorted(
+        ["pictures_circumplex.png"]
+        + [f"two_faces.mp4_{kind}.png" for kind in ("valence_arousal", "circumplex", "expressions", "action_units")]
+    )
+    for path in summary.plots:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300
+    frames = [frame.to_ndarray(format="rgb24") for frame in av.open(str(folder / "overlay.mp4")).decode(video=0)]
+    assert len(frames) == NUM_FRAMES and frames[0].shape == (SIZE[1], SIZE[0], 3)
+    assert not [name for name in os.listdir(folder) if name.startswith(".")], "a staging file was left behind"
+
+
+def test_parquet_holds_the_same_rows_and_every_n_frames_samples(emma_folder, media, tmp_path, analysed):
+    table, _, _ = analysed
+    video = str(media / "two_faces.mp4")
+    summary = predict([video], emma_folder, tmp_path / "t.parquet", every_n_frames=3, device="cpu", progress=False)
+    sampled = read_table(tmp_path / "t.parquet")
+    assert summary.frames == NUM_FRAMES // 3 and sorted(sampled["frame"].unique()) == list(range(0, NUM_FRAMES, 3))
+    reference = table[(table["source"] == video) & (table["frame"] % 3 == 0)]
+    key = ["frame", "face_id"]
+    merged = reference.merge(sampled, on=key, suffixes=("_csv", "_parquet"))
+    assert len(merged) == len(sampled) == len(reference)
+    np.testing.assert_allclose(merged["valence_csv"], merged["valence_parquet"], rtol=1e-4, atol=1e-6)
+    assert str(sampled["AU12"].dtype) == "int8" and str(sampled["face_id"].dtype) == "int64"
+
+
+def test_smoothing_is_the_documented_exponential_average(emma_folder, media, tmp_path, analysed):
+    table, _, _ = analysed
+    video = str(media / "two_faces.mp4")
+    time_constant = 0.25
+    predict([video], emma_folder, tmp_path / "s.csv", smoothing=time_constant, device="cpu", progress=False)
+    smoothed = read_table(tmp_path / "s.csv")
+    raw = table[table["source"] == video]
+    keep = math.exp(-(1 / FPS) / time_constant)
+    for face_id in (0, 1):
+        raw_valence = raw[raw["face_id"] == face_id].sort_values("frame")["valence"].to_numpy()
+        face = smoothed[smoothed["face_id"] == face_id].sort_values("frame")
+        expected = [raw_valence[0]]
+        for value in raw_valence[1:]:
+            expected.append(keep * expected[-1] + (1 - keep) * value)
+        np.testing.assert_allclose(face["valence"], expected, rtol=1e-4, atol=1e-6)
+        assert np.abs(np.diff(face["valence"])).sum() < np.abs(np.diff(raw_valence)).sum()
+        # Decisions and the expression are re-derived from the smoothed probabilities.
+        probabilities = face[[f"{name}_probability" for name in ("AU1", "AU12")]].to_numpy()
+        assert (face[["AU1", "AU12"]].to_numpy() == (probabilities >= 0.5)).all()
+        labels = [column.removeprefix("expression_") for column in face if column.startswith("expression_")]
+        argmax = face[[f"expression_{label}" for label in labels]].to_numpy().argmax(1)
+        assert list(face["expression"]) == [labels[i] for i in argmax]
+
+
+def test_tracker_keeps_ids_through_motion_and_forgets_after_a_gap():
+    tracker = FaceTracker(min_iou=0.2, max_gap=1.0)
+    left, right = torch.tensor([10.0, 10, 60, 60]), torch.tensor([200.0, 10, 250, 60])
+    assert tracker.update(torch.stack([left, right]), 0.0) == [0, 1]
+    shift = torch.tensor([8.0, 0, 8, 0])
+    assert tracker.update(torch.stack([right - shift, left + shift]), 0.1) == [1, 0]  # listed the other way round
+    assert tracker.update(torch.stack([left + 2 * shift]), 0.2) == [0]
+    assert tracker.update(torch.stack([right]), 0.9) == [1]  # unseen for 0.8 s: still known
+    assert tracker.update(torch.stack([left]), 5.0) == [2]  # gone for longer than max_gap: a new person
+    assert tracker.update(torch.zeros(0, 4), 5.1) == []
+
+
+def test_smoother_rejects_a_non_positive_time_constant(emma_folder):
+    with pytest.raises(ValueError, match="must be positive"):
+        ExponentialSmoother(0, None)
+
+
+def test_a_corrupt_packet_mid_video_keeps_the_other_frames(emma_folder, tmp_path):
+    path = write_face_video(tmp_path / "long.mp4", FACE, num_frames=48, fps=FPS, size=SIZE)
+    packets = [packet for packet in av.open(str(path)).demux(video=0) if packet.size]
+    position, size = packets[20].pos, packets[20].size
+    data = bytearray(path.read_bytes())
+    data[position : position + size] = b"\xff" * size  # one frame's data destroyed
+    path.write_bytes(bytes(data))
+    summary = predict([path], emma_folder, tmp_path / "t.csv", device="cpu", progress=False)
+    table = read_table(tmp_path / "t.csv")
+    assert summary.media.corrupt_packets == {str(path): 1}
+    assert summary.frames == 47 and len(table) == 2 * 47
+    assert table["frame"].max() == 47  # the frames after the damage keep their index
+
+
+def test_ctrl_c_leaves_a_valid_parquet_of_the_rows_so_far(emma_folder, tmp_path):
+    video = write_face_video(tmp_path / "long.mp4", FACE, num_frames=400, fps=FPS, size=SIZE)
+    output = tmp_path / "rows.parquet"
+    command = [sys.executable, "-m", "affect_hf.cli", "predict", str(video), "--model", str(emma_folder),
+               "--output", str(output), "--batch_size", "4", "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    partial = tmp_path / ".rows.parquet.partial.parquet"
+    while not (partial.exists() and partial.stat().st_size > 4096) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a row group (512 rows) has reached the disk
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    rows = pd.read_parquet(output)
+    assert 512 <= len(rows) < 800 and (rows["frame"].diff().dropna() >= 0).all()
+    assert "interrupted" in stderr and not partial.exists()
+
+
+def test_cli_refuses_a_model_that_is_not_an_affect_model_and_a_run_with_nothing_read(emma_folder, tmp_path, capsys):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    config = ViTMAEConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    ViTMAEForPreTraining(config).save_pretrained(tmp_path / "mae")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 1000)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", *args, "--device", "cpu"])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    code, _, err = run(str(junk), "--model", str(tmp_path / "mae"), "--output", str(tmp_path / "a.csv"))
+    assert code == 1 and "'vit_mae' model, not an affect model" in err
+    code, out, err = run(str(junk), "--model", str(emma_folder), "--output", str(tmp_path / "b.csv"))
+    assert code == 1 and "nothing could be read" in err
+    assert f"skipped {junk}" in out and not (tmp_path / "b.csv").exists()
+    code, _, err = run(str(junk), "--model", str(emma_folder), "--output", str(tmp_path / "c.xlsx"))
+    assert code == 1 and "must end in .csv or .parquet" in err
+    code, _, err = run(str(tmp_path / "nowhere.mp4"), "--model", str(emma_folder), "--output", str(tmp_path / "d.csv"))
+    assert code == 1 and "no such file or folder" in err
