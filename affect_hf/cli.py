@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         "--model", required=True, help="a saved model folder (EMMA for mtl, CoTEX or 6 classes for lsd)"
     )
     predict.add_argument("--data_dir", required=True, help="the track's root (with its test list)")
-    predict.add_argument("--track", required=True, choices=("mtl", "lsd"))
+    predict.add_argument("--track", required=True, choices=("mtl", "lsd", "va", "expr", "au"))
     predict.add_argument("--output", required=True, help="the submission file to write")
     predict.add_argument("--batch_size", type=int, default=64)
     predict.add_argument("--num_workers", type=int, default=2)
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--save_every", type=int, default=50, help="batches between saves of the progress")
     predict.add_argument("--max_batches", type=int, default=None, help="stop after N batches (resume later)")
     predict.add_argument("--image_dir", default=None, help="where the test images live, if not under data_dir")
+    predict.add_argument(
+        "--test_list", default=None, help="va, expr, au: the organisers' sample file listing every test frame"
+    )
 
     analyse = commands.add_parser(
         "predict",
@@ -147,8 +150,9 @@ def main(argv: list[str] | None = None) -> None:
 
     validate = commands.add_parser("validate-submission", help="check a submission file against the test list")
     validate.add_argument("file")
-    validate.add_argument("--track", required=True, choices=("mtl", "lsd"))
-    validate.add_argument("--data_dir", required=True, help="the track's root (with its test list)")
+    validate.add_argument("--track", required=True, choices=("mtl", "lsd", "va", "expr", "au"))
+    validate.add_argument("--data_dir", default=".", help="the track's root (with its test list; mtl and lsd)")
+    validate.add_argument("--test_list", default=None, help="va, expr, au: the organisers' sample file")
 
     if argv[:1] == ["train"]:
         from .training import main as train_main
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             written = predict_abaw(
                 args.model, args.data_dir, args.track, args.output, batch_size=args.batch_size,
                 num_workers=args.num_workers, device=args.device, save_every=args.save_every,
-                max_batches=args.max_batches, image_dir=args.image_dir,
+                max_batches=args.max_batches, image_dir=args.image_dir, test_list=args.test_list,
             )  # fmt: skip
         except (OSError, ValueError) as error:  # a missing folder or model, a bad list, a refused submission
             parser.exit(1, f"affect-hf predict-abaw: error: {error}\n")
@@ -177,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         from .inference import SubmissionError, abaw_test_names, validate_submission
 
         try:
-            count = validate_submission(args.file, args.track, abaw_test_names(args.data_dir, args.track))
-        except (SubmissionError, FileNotFoundError) as error:
+            names = abaw_test_names(args.data_dir, args.track, args.test_list)
+            count = validate_submission(args.file, args.track, names)
+        except (SubmissionError, FileNotFoundError, ValueError) as error:
             parser.exit(1, f"affect-hf validate-submission: error: {error}\n")
         print(f"{args.file}: {count} predictions, every test image once and in order")
     elif args.command == "convert":

@@ -37,6 +37,7 @@ from affect_hf.benchmarking import (
     count_flops,
     cpu_name,
     matmul_peak,
+    synchronize,
     time_steps,
 )
 from affect_hf.training import RECIPE_NAMES
@@ -111,6 +112,81 @@ def benchmark_training(
     return times, memory
 
 
+def benchmark_end_to_end(model, device: torch.device, args, inference_flops: float, peak: dict) -> list[dict]:
+    """`affect-hf predict`'s own code (decode + detect + align + model, rows to Parquet) on a generated video of two
+    moving faces and on one 4x longer, then the detector alone and the model alone on the short video's frames and
+    faces: how much of the model's rate survives end to end, and whether memory stays flat with video length."""
+    import tempfile
+
+    from skimage.data import astronaut  # the real face photo the video is made of (a dev dependency)
+
+    from affect_hf.data.synthetic_video import write_face_video
+    from affect_hf.faces import BlazeFaceDetector, align_faces
+    from affect_hf.inference.analysis import FaceAffectAnalyzer
+    from affect_hf.inference.video import predict
+
+    face = astronaut()[40:300, 110:350]
+    detector = BlazeFaceDetector(device)
+    analyzer = FaceAffectAnalyzer(model, detector, batch_size=2 * args.video_batch_size)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        videos = {
+            label: write_face_video(folder / f"{frames}.mp4", face, num_frames=frames, fps=25, size=(640, 360))
+            for label, frames in (("short", args.video_frames), ("4x longer", 4 * args.video_frames))
+        }
+        short = videos["short"]
+        # Warm-up (oneDNN picks its kernels on first use), untimed.
+        predict([short], "", folder / "warmup.parquet", batch_size=args.video_batch_size, progress=False,
+                analyzer=analyzer)  # fmt: skip
+        for label, video in videos.items():
+            with PeakMemory(device) as memory:
+                summary = predict([video], "", folder / "rows.parquet", batch_size=args.video_batch_size,
+                                  progress=False, analyzer=analyzer)  # fmt: skip
+            rows.append({
+                "phase": f"end-to-end, {label} video", "frames": summary.frames, "faces": summary.faces,
+                "frames_per_s": summary.frames_per_second, "peak_memory_gib": memory.peak_bytes / 2**30,
+                "memory_before_gib": memory.before_bytes / 2**30,
+            })  # fmt: skip
+            print(f"  done: {rows[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
+
+        import av
+
+        with av.open(str(short)) as container:
+            images = [
+                torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in container.decode(video=0)
+            ]
+        batches = [images[i : i + args.video_batch_size] for i in range(0, len(images), args.video_batch_size)]
+        detections = [d for batch in batches for d in detector(batch)]
+        tick = time.perf_counter()
+        for batch in batches:
+            detector(batch)
+        detector_seconds = time.perf_counter() - tick
+        crops = torch.cat([
+            align_faces(image.to(device), faces.landmarks, model.config.image_size)
+            for image, faces in zip(images, detections, strict=True)
+        ])  # fmt: skip
+        pixel_values = (crops - analyzer.mean) / analyzer.std
+        faces_per_batch = 2 * args.video_batch_size
+        tick = time.perf_counter()
+        with torch.inference_mode():
+            for start in range(0, len(pixel_values), faces_per_batch):
+                model(pixel_values[start : start + faces_per_batch])
+        synchronize(device)
+        model_seconds = time.perf_counter() - tick
+    model_rate = len(images) / model_seconds
+    rows.append({"phase": "detector alone (same frames)", "frames": len(images), "faces": len(crops),
+                 "frames_per_s": len(images) / detector_seconds})  # fmt: skip
+    rows.append({"phase": "model alone (same faces)", "frames": len(images), "faces": len(crops),
+                 "frames_per_s": model_rate})  # fmt: skip
+    for row in rows:
+        row["fraction_of_model_rate"] = row["frames_per_s"] / model_rate
+        faces_per_s = row["frames_per_s"] * row["faces"] / max(row["frames"], 1)
+        if row["phase"] != "detector alone (same frames)":
+            row["model_fraction_of_fp32_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
+    return rows
+
+
 def training_flops(recipe, model, batch, device: torch.device) -> tuple[float, dict[str, int]]:
     """FLOPs per image of one training step (fp32; the frozen CNN runs forward only, as in the model)."""
     step = LoopTrainingStep(recipe, model, "fp32", device)
@@ -168,6 +244,11 @@ def run(args: argparse.Namespace) -> dict:
         for name in dtype_names:
             times, memory = benchmark_inference(model, pixel_values, name, device, args)
             report["results"].append(result_row("inference", name, batch_size, times, memory, inference_flops, report))
+
+    report["end_to_end"] = []
+    if args.recipe == "emma" and args.video_frames:
+        peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, sizes, args.matmul_time)
+        report["end_to_end"] = benchmark_end_to_end(model, device, args, inference_flops, peak)
 
     mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
     for mask_ratio in mask_ratios:
@@ -278,6 +359,18 @@ def format_report(report: dict) -> str:
     ):
         if report[key]:
             lines += ["", f"{title}: " + ", ".join(f"{name} {value:.2f}x" for name, value in report[key].items())]
+    if report["end_to_end"]:
+        lines += ["", f"{'end to end (fp32)':<32} {'frames':>6} {'faces':>6} {'frames/s':>9} {'of model':>9} "
+                  f"{'% peak':>7} {'mem GiB':>8}"]  # fmt: skip
+        for r in report["end_to_end"]:
+            peak_share = (
+                f"{100 * r['model_fraction_of_fp32_peak']:>6.1f}%" if "model_fraction_of_fp32_peak" in r else ""
+            )
+            memory = f"{r['peak_memory_gib']:>8.2f}" if "peak_memory_gib" in r else ""
+            lines.append(
+                f"{r['phase']:<32} {r['frames']:>6} {r['faces']:>6} {r['frames_per_s']:>9.2f} "
+                f"{100 * r['fraction_of_model_rate']:>8.1f}% {peak_share:>7} {memory:>8}"
+            )
     lines += [f"note: {note}" for note in report["notes"]]
     lines.append(
         f"memory: {report['results'][0]['memory_source']}; total run {report['total_seconds']:.0f} s; load average "
@@ -306,6 +399,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--matmul-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--matmul-time", type=float, default=1.0, help="seconds per matmul size")
+    parser.add_argument(
+        "--video-frames", type=int, default=48,
+        help="emma: frames of the end-to-end video (and 4x as many for the long one); 0 skips it",
+    )  # fmt: skip
+    parser.add_argument("--video-batch-size", type=int, default=16, help="frames per batch end to end")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.min_time is None:

@@ -21,7 +21,7 @@ def benchmark():
 def test_tiny_run_reports_every_phase(benchmark, tmp_path):
     out = tmp_path / "bench.json"
     argv = "--preset tiny --device cpu --dtype both --steps 1 --warmup 0 --inference-batch-sizes 1 2".split()
-    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --json".split() + [str(out)]
+    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --video-frames 3 --json".split() + [str(out)]
     report = benchmark.main(argv)
 
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report["results"]))
@@ -36,6 +36,16 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
         assert result["timed_steps"] == 1
         assert result["images_per_s"] > 0 and result["fraction_of_peak"] > 0 and result["peak_memory_gib"] > 0
     assert set(report["speedup_bf16_over_fp32"]) == {"inference_batch1", "inference_batch2", "training_batch2"}
+    # End to end through `affect-hf predict` on a generated two-face video and one 4x longer, then its parts alone.
+    end_to_end = {row["phase"]: row for row in report["end_to_end"]}
+    assert list(end_to_end) == [
+        "end-to-end, short video", "end-to-end, 4x longer video", "detector alone (same frames)",
+        "model alone (same faces)",
+    ]  # fmt: skip
+    assert [(row["frames"], row["faces"]) for row in report["end_to_end"]] == [(3, 6), (12, 24), (3, 6), (3, 6)]
+    assert end_to_end["model alone (same faces)"]["fraction_of_model_rate"] == 1.0
+    assert all(row["frames_per_s"] > 0 for row in report["end_to_end"])
+    assert end_to_end["end-to-end, short video"]["peak_memory_gib"] > 0
 
 
 @pytest.mark.parametrize("recipe", ["mae", "cotex", "dan"])

@@ -6,9 +6,11 @@ import torch
 
 from affect_hf.cli import main as cli_main
 from affect_hf.data import make_synthetic_abaw
+from affect_hf.data.synthetic import TRACK_TEST_SAMPLE_FILES
 from affect_hf.data.synthetic_faces import make_synthetic_lsd
 from affect_hf.hub import save_model_folder
 from affect_hf.inference import SubmissionError, abaw_test_names, predict_abaw, validate_submission
+from affect_hf.inference.submission import Predictions, fill_frames_without_crop
 from affect_hf.training.presets import COTEX_PRESETS, EMMA_PRESETS
 from modeling import CotexConfig, CotexForImageClassification, EmmaConfig, EmmaForAffectAnalysis
 
@@ -138,3 +140,108 @@ def test_missing_test_images_are_refused_before_predicting(tmp_path, emma_folder
     ):
         predict_abaw(emma_folder[1], root, "mtl", tmp_path / "out.txt", num_workers=0)
     assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def tracks_root(tmp_path_factory):
+    # 40 test frames in two videos of 32 and 8; frames 6, 17, 28 and 39 (1-based) have no crop.
+    return make_synthetic_abaw(
+        tmp_path_factory.mktemp("tracks"), num_train=8, num_validation=8, num_test=40, image_size=32, layout="tracks"
+    )
+
+
+@pytest.mark.parametrize("track", ["va", "expr", "au"])
+def test_uni_task_files_cover_every_frame_of_the_test_list(tracks_root, emma_folder, tmp_path, track, caplog):
+    model, folder = emma_folder
+    test_list = tracks_root / TRACK_TEST_SAMPLE_FILES[track]
+    output = predict_abaw(folder, tracks_root, track, tmp_path / f"{track}.txt", batch_size=16, num_workers=0,
+                          test_list=test_list)  # fmt: skip
+    names = abaw_test_names(tracks_root, track, test_list)
+    assert len(names) == 40 and validate_submission(output, track, names) == 40
+    lines = output.read_text().splitlines()
+    assert (
+        lines[0]
+        == {
+            "va": "image_location,valence,arousal",
+            "expr": "image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other",
+            "au": "image_location,AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26",
+        }[track]
+    )
+    assert [line.split(",")[0] for line in lines[1:]] == names
+    values = {line.split(",")[0]: [float(v) for v in line.split(",")[1:]] for line in lines[1:]}
+
+    from affect_hf.data import AbawMtlTorchDataset
+
+    present = [name for name in names if (tracks_root / "cropped_aligned" / name).is_file()]
+    assert len(present) == 36
+    dataset = AbawMtlTorchDataset(load_abaw_track_test(tracks_root, present), image_size=32, train=False)
+    with torch.no_grad():
+        outputs = model(torch.stack([dataset[index]["pixel_values"] for index in range(len(dataset))]))
+    expected = {
+        "va": outputs.valence_arousal.clamp(-1, 1).numpy(),
+        "expr": outputs.logits.argmax(-1, keepdim=True).numpy(),
+        "au": (torch.sigmoid(outputs.au_logits) >= torch.tensor([0.3] * 6 + [0.7] * 6)).int().numpy(),
+    }[track]
+    np.testing.assert_allclose([values[name] for name in present], expected, atol=1e-5)
+    # A frame without a crop takes its video's nearest frame, the earlier on a tie (frames 5 and 7 for frame 6).
+    assert values["test_000/00006.jpg"] == values["test_000/00005.jpg"]
+    assert values["test_001/00007.jpg"] == values["test_001/00006.jpg"]
+    assert "4 of 40 test frames have no crop" in caplog.text
+
+
+def load_abaw_track_test(root, names):
+    from affect_hf.data.abaw_mtl import abaw_frame_table
+
+    count = len(names)
+    return abaw_frame_table(
+        names, root / "cropped_aligned", np.full((count, 2), -5.0, np.float32), np.full(count, -1, np.int64),
+        np.full((count, 12), -1, np.int8), "test", "test", root,
+    )  # fmt: skip
+
+
+def test_nearest_frame_filling_and_a_video_without_any_crop():
+    predictions = Predictions.empty(3)
+    predictions.valence_arousal[:] = [[0.1, 0.1], [0.2, 0.2], [0.9, 0.9]]
+    predictions.expression[:] = [1, 2, 3]
+    predictions.action_units[:] = [[1] * 12, [0] * 12, [1, 0] * 6]
+    predicted = ["a/00002.jpg", "a/00010.jpg", "b/00001.jpg"]
+    names = ["a/00001.jpg", "a/00002.jpg", "a/00006.jpg", "a/00007.jpg", "a/00012.jpg", "b/00003.jpg", "c/00001.jpg"]
+    filled = fill_frames_without_crop(names, predicted, predictions)
+    # a/6 is as near to a/2 as to a/10: the earlier wins; a/7 is nearer a/10; c has no crop at all: neutral.
+    assert filled.expression.tolist() == [1, 1, 1, 2, 2, 3, 0]
+    np.testing.assert_array_equal(filled.valence_arousal[-1], [0.0, 0.0])
+    assert filled.action_units[-1].tolist() == [0] * 12 and filled.action_units[5].tolist() == [1, 0] * 6
+
+
+def test_uni_task_validation_names_the_bad_line_and_the_commands(tracks_root, emma_folder, tmp_path, capsys):
+    _, folder = emma_folder
+    test_list = tracks_root / TRACK_TEST_SAMPLE_FILES["va"]
+    names = abaw_test_names(tracks_root, "va", test_list)
+    good = tmp_path / "va.txt"
+    cli_main(["predict-abaw", "--model", str(folder), "--data_dir", str(tracks_root), "--track", "va",
+              "--output", str(good), "--test_list", str(test_list), "--num_workers", "0"])  # fmt: skip
+    lines = good.read_text().splitlines()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",1.5"] + lines[4:]) + "\n")
+    with pytest.raises(SubmissionError, match=r"line 4: valence and arousal must lie in \[-1, 1\]"):
+        validate_submission(bad, "va", names)
+    bad.write_text("\n".join(lines[:5] + lines[6:]) + "\n")  # a frame left out
+    with pytest.raises(SubmissionError, match=f"line 6: expected '{names[4]}'"):
+        validate_submission(bad, "va", names)
+    with pytest.raises(SubmissionError, match="line 1: expected the header 'image_location,Neutral"):
+        validate_submission(good, "expr", names)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["validate-submission", str(bad), "--track", "va", "--test_list", str(test_list)])
+    assert exit_info.value.code == 1 and "line 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["validate-submission", str(good), "--track", "au"])
+    assert "needs --test_list" in capsys.readouterr().err
+
+
+def test_uni_task_tracks_refuse_a_model_that_cannot_answer_them(tracks_root, tmp_path):
+    model = CotexForImageClassification(CotexConfig(**COTEX_PRESETS["tiny"])).eval()
+    folder = save_model_folder(model, tmp_path / "cotex")
+    for track, message in (("va", "the VA track needs an EMMA"), ("expr", "the expr track needs the ABAW order")):
+        with pytest.raises(ValueError, match=message):
+            predict_abaw(folder, tracks_root, track, tmp_path / "x.txt", num_workers=0,
+                         test_list=tracks_root / TRACK_TEST_SAMPLE_FILES[track])  # fmt: skip

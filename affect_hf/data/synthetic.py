@@ -81,7 +81,9 @@ def make_synthetic_abaw(
 
     `layout="tracks"` writes the same frames with the Aff-Wild2 uni-task annotation folders instead
     (`VA_Estimation_Challenge/`, `EXPR_Classification_Challenge/`, `AU_Detection_Challenge/`, each with
-    `Train_Set/` and `Validation_Set/` of `<video>.txt`) and no MTL files.
+    `Train_Set/` and `Validation_Set/` of `<video>.txt`) and no MTL files; its test frames are listed in one
+    sample file per track (`TRACK_TEST_SAMPLE_FILES`, the organisers' format), and every eleventh test frame from
+    the sixth has no crop, as in Aff-Wild2's test videos.
 
     Deterministic for a seed; each split has its own stream, so resizing one split leaves the others unchanged.
     `missing_label_rate` is the chance, per frame and per task, that a label is written as its missing code.
@@ -108,6 +110,8 @@ def make_synthetic_abaw(
         without_image = set()
         if split == "train" and missing_image_count:
             without_image = set(rng.choice(num_frames, size=missing_image_count, replace=False).tolist())
+        if split == "test" and layout == "tracks":
+            without_image = set(range(5, num_frames, 11))
         for frame, name in enumerate(names):
             if frame in without_image:
                 continue
@@ -119,6 +123,8 @@ def make_synthetic_abaw(
         if layout == "tracks":
             if split != "test":
                 _write_track_files(root, split, names, missing_labels, expression, valence_arousal, action_units)
+            else:
+                _write_track_test_samples(root, names)
             continue
         if split == "test":
             lines = ["image"] + names
@@ -146,6 +152,20 @@ def _write_track_files(
         for video, rows in videos.items():
             lines = [ABAW_TRACK_HEADERS[task]] + [",".join(row.split(",")[columns[task]]) for row in rows]
             write_text_atomically(folder / f"{video}.txt", "\n".join(lines) + "\n")
+
+
+# The uni-task test lists, as the organisers' sample submission files (header, then one placeholder line per frame).
+TRACK_TEST_SAMPLE_FILES = {"va": "va_test_set_sample.txt", "expr": "expr_test_set_sample.txt",
+                           "au": "au_test_set_sample.txt"}  # fmt: skip
+
+
+def _write_track_test_samples(root: Path, names: list[str]) -> None:
+    from .abaw_tracks import ABAW_TRACK_FIELDS, ABAW_TRACK_HEADERS
+
+    for task, file_name in TRACK_TEST_SAMPLE_FILES.items():
+        placeholder = ",".join(["0"] * ABAW_TRACK_FIELDS[task])
+        lines = [f"image_location,{ABAW_TRACK_HEADERS[task]}"] + [f"{name},{placeholder}" for name in names]
+        write_text_atomically(root / file_name, "\n".join(lines) + "\n")
 
 
 def prepare_synthetic_root(root: str | os.PathLike, overwrite: bool) -> Path:

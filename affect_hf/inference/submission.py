@@ -1,8 +1,15 @@
-"""ABAW test-set predictions and submission files (MTL and LSD tracks): writing them, and checking them.
+"""ABAW test-set predictions and submission files: writing them, and checking them.
 
 - MTL: header `image,valence,arousal,expression,aus`, then `name,v,a,expr,au1,...,au12` for every image of
   the test list, in order (valence/arousal in [-1, 1], expression 0-7, AUs 0/1).
 - LSD: header `image,expression`, then `name,expr` (expression 0-5, in the LSD order).
+- The Aff-Wild2 uni-task tracks (ABAW 5-6 sample files' format): one file per track, header
+  `image_location,valence,arousal` (VA), `image_location,Neutral,...,Other` (EXPR, then one class index per
+  line) or `image_location,AU1,...,AU26` (AU, then 0/1 per AU), and a line for every frame of the organisers'
+  test list (`--test_list`: their sample file, or any file whose first column names the frames), in its order.
+  That list holds every frame of each test video, also those with no face crop: such a frame takes the prediction
+  of the nearest frame of its video that has one (the earlier on a tie); a video without any crop gets the
+  neutral prediction (valence = arousal = 0, Neutral, no AU), and both are counted in the log.
 
 `predict_abaw` predicts the whole test list in order, in batches, saving its progress every few batches
 (`<output>.partial.npz`) so that a long run that stops resumes where it was; it writes the file atomically and
@@ -20,17 +27,38 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModel
 
+from modeling.pipeline_affect import affect_scores
+
 from ..data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, load_abaw_mtl
 from ..data.abaw_lsd import ABAW_LSD_HEADER, load_abaw_lsd, lsd_test_names
-from ..data.abaw_mtl import ABAW_MTL_ANNOTATION_FILES, ABAW_MTL_HEADER, parse_test_list
+from ..data.abaw_mtl import (
+    ABAW_MTL_ANNOTATION_FILES,
+    ABAW_MTL_HEADER,
+    ABAW_MTL_IMAGE_DIR,
+    abaw_frame_table,
+    parse_test_list,
+)
+from ..data.abaw_tracks import ABAW_TRACK_HEADERS, ABAW_TRACKS
 from ..files import atomic_path, write_text_atomically
-from ..labels import LSD_EXPRESSIONS, NUM_ACTION_UNITS, NUM_EXPRESSIONS
+from ..labels import (
+    ABAW_EXPRESSIONS,
+    LSD_EXPRESSIONS,
+    MISSING_ACTION_UNIT,
+    MISSING_EXPRESSION,
+    MISSING_VALENCE_AROUSAL,
+    NUM_ACTION_UNITS,
+    NUM_EXPRESSIONS,
+)
 
 
 logger = logging.getLogger(__name__)
 
-SUBMISSION_TRACKS = ("mtl", "lsd")
-SUBMISSION_HEADERS = {"mtl": ABAW_MTL_HEADER, "lsd": ABAW_LSD_HEADER}
+SUBMISSION_TRACKS = ("mtl", "lsd", *ABAW_TRACKS)
+SUBMISSION_HEADERS = {
+    "mtl": ABAW_MTL_HEADER,
+    "lsd": ABAW_LSD_HEADER,
+    **{track: f"image_location,{header}" for track, header in ABAW_TRACK_HEADERS.items()},
+}
 
 
 class SubmissionError(ValueError):
@@ -56,6 +84,20 @@ def lsd_submission_lines(names: list[str], expression: np.ndarray) -> list[str]:
     return [ABAW_LSD_HEADER] + [f"{name},{int(label)}" for name, label in zip(names, expression, strict=True)]
 
 
+def track_submission_lines(track: str, names: list[str], predictions: "Predictions") -> list[str]:
+    """A uni-task file's lines: VA clipped to [-1, 1]; the expression index; AU decisions as 0/1."""
+    lines = [SUBMISSION_HEADERS[track]]
+    for index, name in enumerate(names):
+        if track == "va":
+            valence, arousal = np.clip(predictions.valence_arousal[index], -1.0, 1.0)
+            lines.append(f"{name},{valence:.6f},{arousal:.6f}")
+        elif track == "expr":
+            lines.append(f"{name},{int(predictions.expression[index])}")
+        else:
+            lines.append(f"{name}," + ",".join(str(int(unit)) for unit in predictions.action_units[index]))
+    return lines
+
+
 def write_submission(path: str | os.PathLike, lines: list[str]) -> Path:
     write_text_atomically(path, "\n".join(lines) + "\n")
     return Path(path)
@@ -64,13 +106,36 @@ def write_submission(path: str | os.PathLike, lines: list[str]) -> Path:
 # -------------------------------------------------------------------------------------------------- checking
 
 
-def abaw_test_names(data_dir: str | os.PathLike, track: str) -> list[str]:
-    """The image names of a track's test list, in order (whether or not the images are at hand)."""
+def abaw_test_names(data_dir: str | os.PathLike, track: str, test_list: str | os.PathLike | None = None) -> list[str]:
+    """The image names of a track's test list, in order (whether or not the images are at hand).
+
+    The uni-task tracks need `test_list`: the organisers' sample file (or any file whose first column holds
+    `<video>/<frame>.jpg`, after an optional header line).
+    """
     if track == "mtl":
         return parse_test_list(Path(data_dir) / ABAW_MTL_ANNOTATION_FILES["test"])
     if track == "lsd":
         return lsd_test_names(data_dir)[1]
+    if track in ABAW_TRACKS:
+        if test_list is None:
+            raise ValueError(f"the {track} track needs --test_list: the organisers' sample file of its test frames")
+        return read_frame_list(test_list)
     raise ValueError(f"unknown submission track {track!r}; expected one of {', '.join(SUBMISSION_TRACKS)}")
+
+
+def read_frame_list(path: str | os.PathLike) -> list[str]:
+    """The first column of a list of `<video>/<frame>.jpg` lines; a first line that is not a frame is a header."""
+    with open(path, encoding="utf-8-sig") as handle:
+        lines = [line.strip() for line in handle.read().splitlines()]
+    names = [line.split(",")[0].strip() for line in lines if line]
+    if names and not names[0].lower().endswith((".jpg", ".png")):
+        names = names[1:]
+    for number, name in enumerate(names, start=2):
+        if "/" not in name or not name.lower().endswith((".jpg", ".png")):
+            raise ValueError(f"{path}, line {number}: expected <video>/<frame>.jpg, found {name!r}")
+    if not names:
+        raise ValueError(f"{path} lists no frames")
+    return names
 
 
 def validate_submission(path: str | os.PathLike, track: str, names: list[str]) -> int:
@@ -114,8 +179,11 @@ def validate_submission(path: str | os.PathLike, track: str, names: list[str]) -
     return len(rows)
 
 
+_FIELDS_PER_TRACK = {"mtl": 3 + NUM_ACTION_UNITS, "lsd": 1, "va": 2, "expr": 1, "au": NUM_ACTION_UNITS}
+
+
 def _row_problem(track: str, values: list[str]) -> str | None:
-    expected = 3 + NUM_ACTION_UNITS if track == "mtl" else 1
+    expected = _FIELDS_PER_TRACK[track]
     if len(values) != expected:
         return f"expected {expected + 1} comma-separated fields, found {len(values) + 1}"
     try:
@@ -130,8 +198,16 @@ def _row_problem(track: str, values: list[str]) -> str | None:
             return f"the expression must be an integer in 0..{NUM_EXPRESSIONS - 1}"
         if any(unit not in (0, 1) for unit in units):
             return "action units must be 0 or 1"
-    elif numbers[0] not in range(len(LSD_EXPRESSIONS)):
-        return f"the expression must be an integer in 0..{len(LSD_EXPRESSIONS) - 1}"
+    elif track == "va":
+        if not all(-1 <= value <= 1 for value in numbers):
+            return "valence and arousal must lie in [-1, 1]"
+    elif track == "au":
+        if any(unit not in (0, 1) for unit in numbers):
+            return "action units must be 0 or 1"
+    else:
+        classes = len(LSD_EXPRESSIONS) if track == "lsd" else NUM_EXPRESSIONS
+        if numbers[0] not in range(classes):
+            return f"the expression must be an integer in 0..{classes - 1}"
     return None
 
 
@@ -179,22 +255,35 @@ def predict_abaw(
     save_every: int = 50,
     max_batches: int | None = None,
     image_dir: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
 ) -> Path | None:
     """Predict the `track`'s test list with the model folder at `model_path` and write the submission `output`.
 
     Progress is saved every `save_every` batches in `<output>.partial.npz`: run again with the same arguments to
     resume. `max_batches` stops after that many batches (a time-boxed job), keeping the progress and writing no
-    submission (returns None). The finished file is checked with `validate_submission`.
+    submission (returns None). The finished file is checked with `validate_submission`. The uni-task tracks
+    ("va", "expr", "au") read their frames from `test_list` (see the module's docstring).
     """
     output = Path(output)
     if track not in SUBMISSION_TRACKS:
         raise ValueError(f"unknown submission track {track!r}; expected one of {', '.join(SUBMISSION_TRACKS)}")
-    names = abaw_test_names(data_dir, track)
+    names = abaw_test_names(data_dir, track, test_list)
     if track == "mtl":
         split = load_abaw_mtl(data_dir, "test", image_dir=image_dir)
-    else:
+    elif track == "lsd":
         split = load_abaw_lsd(data_dir, "test", image_dir=image_dir)
-    if len(split) != len(names):
+    else:  # the frames that have a crop; the others are filled in from their neighbours
+        image_dir = Path(image_dir) if image_dir is not None else Path(data_dir) / ABAW_MTL_IMAGE_DIR
+        count = len(names)
+        unlabelled = (
+            np.full((count, 2), MISSING_VALENCE_AROUSAL, np.float32),
+            np.full(count, MISSING_EXPRESSION, np.int64),
+            np.full((count, NUM_ACTION_UNITS), MISSING_ACTION_UNIT, np.int8),
+        )
+        split = abaw_frame_table(
+            names, image_dir.absolute(), *unlabelled, "test", f"ABAW {track} test", Path(test_list)
+        )
+    if track in ("mtl", "lsd") and len(split) != len(names):
         raise FileNotFoundError(
             f"{len(names) - len(split)} of the {len(names)} test images are missing (see the warning above): a "
             "submission must predict every one"
@@ -204,53 +293,111 @@ def predict_abaw(
     model = AutoModel.from_pretrained(model_path).eval()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model.to(device)
+    check_model_for_track(model, track, model_path)
     size = model.config.image_size
-    if track == "mtl":
-        if not hasattr(model.config, "au_thresholds"):
-            raise ValueError(f"{model_path} is a {model.config.model_type} model: the MTL track needs an EMMA")
-        dataset = AbawMtlTorchDataset(split, image_size=size, train=False)
-    else:
-        if model.config.num_labels != len(LSD_EXPRESSIONS):
-            raise ValueError(f"{model_path} predicts {model.config.num_labels} classes: the LSD track needs 6")
+    if track == "lsd":
         dataset = ImageDataset(split, AffectImageTransform(size, train=False))
+    else:
+        dataset = AbawMtlTorchDataset(split, image_size=size, train=False)
 
     partial = output.with_name(output.name + ".partial.npz")
     fingerprint = f"{Path(model_path).absolute()}|{Path(data_dir).absolute()}|{track}|{len(names)}"
-    predictions = Predictions.load(partial, fingerprint, len(names)) or Predictions.empty(len(names))
+    predictions = Predictions.load(partial, fingerprint, len(split)) or Predictions.empty(len(split))
     if predictions.done:
-        logger.info("resuming at image %d of %d from %s", predictions.done + 1, len(names), partial)
-    remaining = torch.utils.data.Subset(dataset, range(predictions.done, len(names)))
+        logger.info("resuming at image %d of %d from %s", predictions.done + 1, len(split), partial)
+    remaining = torch.utils.data.Subset(dataset, range(predictions.done, len(split)))
     loader = DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    thresholds = torch.tensor(getattr(model.config, "au_thresholds", [0.5] * NUM_ACTION_UNITS), device=device)
-    progress = tqdm(total=len(names), initial=predictions.done, desc=f"predict {track}")
+    progress = tqdm(total=len(split), initial=predictions.done, desc=f"predict {track}")
     with torch.inference_mode():
         for number, batch in enumerate(loader, start=1):
-            outputs = model(pixel_values=batch["pixel_values"].to(device))
+            scores = affect_scores(model(pixel_values=batch["pixel_values"].to(device)), model.config)
             rows = slice(predictions.done, predictions.done + len(batch["pixel_values"]))
-            predictions.expression[rows] = outputs.logits.argmax(dim=-1).cpu().numpy()
-            if track == "mtl":
-                predictions.valence_arousal[rows] = outputs.valence_arousal.float().cpu().numpy()
-                decisions = torch.sigmoid(outputs.au_logits.float()) >= thresholds
-                predictions.action_units[rows] = decisions.int().cpu().numpy()
+            predictions.expression[rows] = scores["expression_probabilities"].argmax(dim=-1).cpu().numpy()
+            if "valence_arousal" in scores:
+                predictions.valence_arousal[rows] = scores["valence_arousal"].cpu().numpy()
+            if "au_active" in scores:
+                predictions.action_units[rows] = scores["au_active"].int().cpu().numpy()
             predictions.done = rows.stop
             progress.update(len(batch["pixel_values"]))
             if number % save_every == 0 or (max_batches is not None and number >= max_batches):
                 predictions.save(partial, fingerprint)
-            if max_batches is not None and number >= max_batches and predictions.done < len(names):
+            if max_batches is not None and number >= max_batches and predictions.done < len(split):
                 progress.close()
-                logger.info("stopped after %d batches; %d of %d images predicted", number, predictions.done, len(names))
+                logger.info("stopped after %d batches; %d of %d images predicted", number, predictions.done, len(split))
                 return None
     progress.close()
     if track == "mtl":
         lines = mtl_submission_lines(
             names, predictions.valence_arousal, predictions.expression, predictions.action_units
         )
-    else:
+    elif track == "lsd":
         lines = lsd_submission_lines(names, predictions.expression)
+    else:
+        lines = track_submission_lines(track, names, fill_frames_without_crop(names, list(split["name"]), predictions))
     write_submission(output, lines)
     validate_submission(output, track, names)
     partial.unlink(missing_ok=True)
     return output
+
+
+def check_model_for_track(model: torch.nn.Module, track: str, model_path: str | os.PathLike) -> None:
+    """A model that cannot answer the track is refused before any image is read."""
+    config = model.config
+    if track in ("mtl", "va", "au") and not hasattr(config, "au_thresholds"):
+        raise ValueError(f"{model_path} is a {config.model_type} model: the {track.upper()} track needs an EMMA")
+    if track == "lsd" and config.num_labels != len(LSD_EXPRESSIONS):
+        raise ValueError(f"{model_path} predicts {config.num_labels} classes: the LSD track needs 6")
+    if track == "expr":
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        if labels != list(ABAW_EXPRESSIONS):
+            raise ValueError(f"{model_path} predicts {labels}: the expr track needs the ABAW order {ABAW_EXPRESSIONS}")
+
+
+def fill_frames_without_crop(names: list[str], predicted: list[str], predictions: Predictions) -> Predictions:
+    """Predictions for every frame of `names`, from those of the `predicted` frames (same order as `predictions`).
+
+    A frame without a crop takes its video's nearest predicted frame (the earlier on a tie); a video with none
+    gets the neutral prediction. Both counts are logged.
+    """
+    by_video: dict[str, tuple[list[int], list[int]]] = {}
+    for row, name in enumerate(predicted):
+        video, frame = name.rsplit("/", 1)
+        frames, rows = by_video.setdefault(video, ([], []))
+        frames.append(int(Path(frame).stem))
+        rows.append(row)
+    filled = Predictions.empty(len(names))
+    filled.valence_arousal[:] = 0.0
+    filled.expression[:] = ABAW_EXPRESSIONS.index("Neutral")
+    filled.action_units[:] = 0
+    position = {name: row for row, name in enumerate(predicted)}
+    nearest, neutral = 0, 0
+    for index, name in enumerate(names):
+        row = position.get(name)
+        if row is None:
+            video, frame = name.rsplit("/", 1)
+            if video not in by_video:
+                neutral += 1
+                continue
+            frames, rows = by_video[video]
+            order = np.argsort(frames)
+            sorted_frames = np.asarray(frames)[order]
+            target = int(Path(frame).stem)
+            right = int(np.searchsorted(sorted_frames, target))
+            left = max(right - 1, 0)
+            right = min(right, len(sorted_frames) - 1)
+            pick = left if abs(target - sorted_frames[left]) <= abs(sorted_frames[right] - target) else right
+            row = rows[order[pick]]
+            nearest += 1
+        filled.valence_arousal[index] = predictions.valence_arousal[row]
+        filled.expression[index] = predictions.expression[row]
+        filled.action_units[index] = predictions.action_units[row]
+    if nearest or neutral:
+        logger.warning(
+            "%d of %d test frames have no crop: %d take their video's nearest prediction, %d (videos without any "
+            "crop) the neutral one", nearest + neutral, len(names), nearest, neutral,
+        )  # fmt: skip
+    filled.done = len(names)
+    return filled
 
 
 __all__ = [
@@ -260,6 +407,9 @@ __all__ = [
     "mtl_submission_lines",
     "predict_abaw",
     "abaw_test_names",
+    "fill_frames_without_crop",
+    "read_frame_list",
+    "track_submission_lines",
     "validate_submission",
     "write_submission",
 ]
