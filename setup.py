@@ -38,6 +38,8 @@ setup(
         # affect-hf predict on videos (PyAV's wheels carry FFmpeg) and its --plots.
         "video": ["av>=12"],
         "plots": ["matplotlib>=3.7"],
+        # affect-hf export onnx (the dynamo exporter needs onnxscript) and predict --backend onnx.
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # scikit-image for its real face photo (skimage.data.astronaut) in the tests.
         "dev": [
             "pytest>=8.0",

@@ -1,5 +1,5 @@
 """`affect-hf` command line: demo, train (any recipe), make-synthetic, convert (checkpoints), predict (faces in
-pictures and videos -> a table), predict-abaw and validate-submission (ABAW test sets)."""
+pictures and videos -> a table), export (ONNX), predict-abaw and validate-submission (ABAW test sets)."""
 
 import argparse
 import json
@@ -147,6 +147,22 @@ def main(argv: list[str] | None = None) -> None:
         help="write PNG plots per video (default folder: OUTPUT without suffix + _plots)",
     )  # fmt: skip
     analyse.add_argument("--overlay", default=None, metavar="OUT.mp4", help="the video with faces and labels drawn")
+    analyse.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+        help="onnx, onnx-int8: run an `affect-hf export onnx` folder (--model, or its onnx/ subfolder) on the CPU",
+    )  # fmt: skip
+
+    exporter = commands.add_parser("export", help="export a model for other runtimes (ONNX)")
+    exporter.add_argument("format", choices=("onnx",))
+    exporter.add_argument("--model", required=True, help="a saved EMMA, CoTEX or DAN folder")
+    exporter.add_argument("--output", default=None, help="the folder to write (default: MODEL/onnx)")
+    exporter.add_argument("--quantize", choices=("dynamic", "static"), default=None, help="also write an int8 model")
+    exporter.add_argument("--calibration_dir", default=None, help="face images for static quantisation")
+    exporter.add_argument(
+        "--validation_dir", default=None,
+        help="face images to check parity on, and to count the decisions int8 changes",
+    )  # fmt: skip
+    exporter.add_argument("--max_images", type=int, default=256, help="faces used from each folder")
 
     validate = commands.add_parser("validate-submission", help="check a submission file against the test list")
     validate.add_argument("file")
@@ -177,6 +193,17 @@ def main(argv: list[str] | None = None) -> None:
         print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
     elif args.command == "predict":
         run_predict(parser, args)
+    elif args.command == "export":
+        from .export import export_onnx
+
+        try:
+            record = export_onnx(
+                args.model, args.output or Path(args.model) / "onnx", quantize=args.quantize,
+                calibration_dir=args.calibration_dir, validation_dir=args.validation_dir, max_images=args.max_images,
+            )  # fmt: skip
+        except (OSError, ValueError, ImportError) as error:  # not an affect model, a parity failure, no onnxruntime
+            parser.exit(1, f"affect-hf export: error: {error}\n")
+        print(json.dumps(record, indent=2))
     elif args.command == "validate-submission":
         from .inference import SubmissionError, abaw_test_names, validate_submission
 
@@ -217,6 +244,7 @@ def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
             every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
             smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
+            backend=args.backend,
         )  # fmt: skip
     except (OSError, ValueError, ImportError) as error:  # missing paths, not an affect model, a bad output name
         parser.exit(1, f"affect-hf predict: error: {error}\n")

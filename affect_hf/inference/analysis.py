@@ -7,6 +7,7 @@ folder analysis (`affect-hf predict`) feed it batches of frames through `FaceAff
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from ..faces.detection import FaceDetections, FaceDetector, ImageInput, as_image
 
 
 AFFECT_MODEL_TYPES = ("emma", "cotex", "dan")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 class NotAnAffectModelError(ValueError):
@@ -34,11 +36,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load_affect_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", **hub_options: Any):
+def load_affect_model(
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "torch", **hub_options: Any
+):
     """An affect model (EMMA, CoTEX or DAN) in eval mode, with its crop size and normalisation.
 
     The config is read first, so a folder of another kind fails with its type named before any weight is read.
+    `backend="onnx"` / `"onnx-int8"` runs an `affect-hf export onnx` folder (given, or the `onnx/` folder inside
+    the model folder, which must then hold the weights it was exported from) with ONNX Runtime on the CPU.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     name_or_path = str(name_or_path)
     if os.sep in name_or_path and not os.path.isdir(name_or_path):
         raise FileNotFoundError(f"model folder not found: {name_or_path}")
@@ -47,6 +55,14 @@ def load_affect_model(name_or_path: str | os.PathLike, device: str | torch.devic
         raise NotAnAffectModelError(
             f"{name_or_path} holds a {config.model_type!r} model, not an affect model ({', '.join(AFFECT_MODEL_TYPES)})"
         )
+    if backend != "torch":
+        from ..export import OnnxAffectModel
+
+        inside = Path(name_or_path) / "onnx"
+        folder, source = (inside, name_or_path) if inside.is_dir() else (Path(name_or_path), None)
+        model = OnnxAffectModel(folder, int8=backend == "onnx-int8", source_model_dir=source)
+        processor = AutoImageProcessor.from_pretrained(folder)
+        return model, tuple(processor.image_mean), tuple(processor.image_std)
     model = AutoModel.from_pretrained(name_or_path, **hub_options).eval().to(resolve_device(device))
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, **hub_options)
@@ -81,7 +97,7 @@ class FaceAffectAnalyzer:
     ):
         self.model, self.detector, self.batch_size = model, detector, batch_size
         self.config = model.config
-        self.device = next(model.parameters()).device
+        self.device = model.device
         self.image_size = model.config.image_size
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
@@ -95,10 +111,11 @@ class FaceAffectAnalyzer:
         batch_size: int = 32,
         min_face_score: float = 0.5,
         max_faces: int | None = None,
+        backend: str = "torch",
         **hub_options: Any,
     ) -> "FaceAffectAnalyzer":
         device = resolve_device(device)
-        affect_model, mean, std = load_affect_model(model, device, **hub_options)
+        affect_model, mean, std = load_affect_model(model, device, backend, **hub_options)
         if isinstance(detector, str):
             detector = load_face_detector(detector, device, min_score=min_face_score, max_faces=max_faces)
         return cls(affect_model, detector, mean, std, batch_size)
@@ -154,6 +171,7 @@ def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
     """Faces found, aligned and analysed in whole pictures: `affect_hf.pipeline("folder_or_hub_id")(image)`.
 
     Options: `device` ("auto"), `detector` ("blazeface" or a `FaceDetector`), `batch_size`, `min_face_score`,
-    `max_faces`, and Hub options such as `revision` or `trust_remote_code`.
+    `max_faces`, `backend` ("torch", or "onnx" / "onnx-int8" for an `affect-hf export onnx` folder), and Hub
+    options such as `revision` or `trust_remote_code`.
     """
     return FaceAffectAnalyzer.from_pretrained(model, **options)

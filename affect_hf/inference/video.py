@@ -98,6 +98,7 @@ def predict(
     overlay: str | os.PathLike | None = None,
     progress: bool = True,
     analyzer: FaceAffectAnalyzer | None = None,
+    backend: str = "torch",
 ) -> PredictionSummary:
     """Analyse every face of every frame of `paths` (files or folders) into the table `output` (.csv or .parquet).
 
@@ -110,7 +111,12 @@ def predict(
     files = expand_paths(paths)
     if analyzer is None:
         analyzer = FaceAffectAnalyzer.from_pretrained(
-            model, device=device, batch_size=batch_size, min_face_score=min_face_score, max_faces=max_faces
+            model,
+            device=device,
+            batch_size=batch_size,
+            min_face_score=min_face_score,
+            max_faces=max_faces,
+            backend=backend,
         )
     config = analyzer.config
     overlay_writer = None

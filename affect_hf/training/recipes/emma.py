@@ -108,6 +108,13 @@ def evaluate_model(
     `task` "mtl" scores the three tasks and P_MTL; "va", "expr" or "au" (a uni-task track) scores that task only.
     """
     predictions, references = predict(model, dataloader, accelerator)
+    return score_predictions(predictions, references, au_thresholds, task)
+
+
+def score_predictions(
+    predictions: dict[str, np.ndarray], references: dict[str, np.ndarray], au_thresholds: list[float], task: str
+) -> tuple[dict[str, float], np.ndarray]:
+    """The scores of `evaluate_model` from `predict`'s arrays (training and `affect-hf evaluate` share them)."""
     fitted = fit_au_thresholds(predictions["action_units"], references["action_units"])
     if task == "mtl":
         scores = abaw_mtl_score(predictions, references, au_thresholds=au_thresholds)

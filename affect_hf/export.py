@@ -1,0 +1,297 @@
+"""ONNX export of the affect models (EMMA, CoTEX, DAN), checked against torch with ONNX Runtime; int8 quantisation.
+
+`affect-hf export onnx --model DIR --output DIR` writes a folder that `affect-hf predict --backend onnx` reads:
+`model.onnx` (dynamic batch), optionally `model_int8.onnx`, the model's `config.json` and
+`preprocessor_config.json` (labels, AU thresholds, crop size and normalisation), and `onnx_export.json`, the record
+of where it came from (the source weights' sha256), of each file's sha256, of the parity check and of how many
+decisions int8 changes. A file that no longer matches its record, or a folder whose weights are not the ones
+exported, is refused with the reason.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from .data.transforms import AffectImageTransform, load_rgb_image
+from .files import remove_stale_staging, replace_directory
+
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_export.json"
+MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits")
+QUANTIZATION_MODES = ("dynamic", "static")
+OPSET = 18
+# fp32 parity: ONNX Runtime fuses and reorders float operations, so outputs differ from torch by rounding only.
+PARITY_TOLERANCE = 1e-4
+
+
+class OnnxExportError(ValueError):
+    """An export whose outputs do not match torch, or an exported folder that does not match its record."""
+
+
+class _OutputsAsTuple(nn.Module):
+    """The model's inference outputs as a tuple of named tensors (what an ONNX graph returns)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(pixel_values=pixel_values)
+        return tuple(getattr(outputs, name) for name in self.names)
+
+
+def output_names(model: nn.Module) -> tuple[str, ...]:
+    """The outputs a model gives at inference (EMMA: all three; CoTEX and DAN: the logits)."""
+    size = model.config.image_size
+    with torch.inference_mode():
+        outputs = model(pixel_values=torch.zeros(1, 3, size, size, device=model.device))
+    return tuple(name for name in MODEL_OUTPUTS if getattr(outputs, name, None) is not None)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str | None:
+    """The sha256 of a model folder's weights file, None for a Hub id or a folder without one."""
+    path = Path(model_dir) / "model.safetensors"
+    return sha256(path) if path.is_file() else None
+
+
+def face_images(folder: str | os.PathLike, image_size: int, limit: int) -> torch.Tensor:
+    """Up to `limit` face images of a folder (walked, sorted) as the model's normalised inputs (N x 3 x S x S)."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    if not paths:
+        raise FileNotFoundError(f"no face images (.jpg, .png, .bmp) under {folder}")
+    transform = AffectImageTransform(image_size, train=False)
+    return torch.stack([transform(load_rgb_image(PIL.Image.open(path))) for path in paths[:limit]])
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, pixel_values: torch.Tensor, batch_size: int = 32) -> list[np.ndarray]:
+    chunks = [
+        session.run(None, {"pixel_values": pixel_values[start : start + batch_size].numpy()})
+        for start in range(0, len(pixel_values), batch_size)
+    ]
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def decisions(outputs: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
+    """The discrete answers users read: the expression (argmax) and, for EMMA, the AU decisions at its thresholds."""
+    answers = {"expression": outputs["logits"].argmax(-1)}
+    if "au_logits" in outputs:
+        probabilities = 1 / (1 + np.exp(-outputs["au_logits"]))
+        answers["action_units"] = probabilities >= np.asarray(config.au_thresholds)
+    return answers
+
+
+def agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], config: Any) -> dict[str, float]:
+    """How much `other` (e.g. int8) agrees with `reference` (fp32): unchanged decisions, and VA differences."""
+    ours, theirs = decisions(reference, config), decisions(other, config)
+    result = {
+        "images": int(len(reference["logits"])),
+        "expression_unchanged": float((ours["expression"] == theirs["expression"]).mean()),
+    }
+    if "action_units" in ours:
+        result["au_decisions_unchanged"] = float((ours["action_units"] == theirs["action_units"]).mean())
+    if "valence_arousal" in reference:
+        difference = np.abs(reference["valence_arousal"] - other["valence_arousal"])
+        result["valence_arousal_max_abs_difference"] = float(difference.max())
+        result["valence_arousal_mean_abs_difference"] = float(difference.mean())
+    return result
+
+
+def export_onnx(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    quantize: str | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+    validation_dir: str | os.PathLike | None = None,
+    max_images: int = 256,
+    opset: int = OPSET,
+) -> dict[str, Any]:
+    """Export `model_dir` to ONNX in `output_dir` (written whole or not at all); returns the export record.
+
+    Parity with torch is checked on random inputs and, when given, on real faces (`validation_dir`, a folder of
+    face images, else `calibration_dir`); a difference beyond `PARITY_TOLERANCE` fails the export. `quantize`
+    adds `model_int8.onnx`: "dynamic" (int8 weights, activations quantised per batch: no data needed) or
+    "static" (activation ranges calibrated on `calibration_dir`). With `validation_dir`, the record says how many
+    expression and AU decisions int8 changes against fp32 on those faces.
+    """
+    from .inference.analysis import load_affect_model
+
+    if quantize not in (None, *QUANTIZATION_MODES):
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
+    if quantize == "static" and calibration_dir is None:
+        raise ValueError("static quantisation needs --calibration_dir: a folder of face images")
+    model, _, _ = load_affect_model(model_dir, "cpu")
+    config = model.config
+    names = output_names(model)
+    size = config.image_size
+    real = None
+    for folder in (validation_dir, calibration_dir):
+        if folder is not None:
+            real = face_images(folder, size, max_images)
+            break
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(output_dir.parent, output_dir.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        example = torch.randn(2, 3, size, size)
+        torch.onnx.export(
+            _OutputsAsTuple(model, names).eval(), (example,), str(staging / ONNX_FILE), input_names=["pixel_values"],
+            output_names=list(names), dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}},
+            dynamo=True, opset_version=opset, external_data=False, verbose=False,
+        )  # fmt: skip
+        session = _session(staging / ONNX_FILE)
+        generator = torch.Generator().manual_seed(0)
+        checks = {"random batch of 1": torch.randn(1, 3, size, size, generator=generator),
+                  "random batch of 5": torch.randn(5, 3, size, size, generator=generator)}  # fmt: skip
+        if real is not None:
+            checks[f"{len(real)} real faces"] = real
+        parity = {}
+        for label, pixel_values in checks.items():
+            with torch.inference_mode():
+                expected = _OutputsAsTuple(model, names)(pixel_values)
+            got = _run(session, pixel_values)
+            parity[label] = {
+                name: float(np.abs(ours - theirs.numpy()).max())
+                for name, ours, theirs in zip(names, got, expected, strict=True)
+            }
+            worst = max(parity[label].values())
+            scale = max(float(tensor.abs().max()) for tensor in expected)
+            if worst > PARITY_TOLERANCE * max(1.0, scale):
+                raise OnnxExportError(f"ONNX Runtime differs from torch by {worst:.3g} on {label}: {parity[label]}")
+
+        record: dict[str, Any] = {
+            "source": str(model_dir),
+            "source_weights_sha256": weights_sha256(model_dir),
+            "model_type": config.model_type,
+            "image_size": size,
+            "outputs": list(names),
+            "opset": opset,
+            "files": {ONNX_FILE: sha256(staging / ONNX_FILE)},
+            "parity_max_abs_difference": parity,
+            "torch": torch.__version__,
+        }
+        if quantize is not None:
+            _quantize(staging / ONNX_FILE, staging / INT8_FILE, quantize, calibration_dir, size, max_images)
+            record["files"][INT8_FILE] = sha256(staging / INT8_FILE)
+            record["quantization"] = {
+                "mode": quantize,
+                "calibration_dir": str(calibration_dir) if calibration_dir else None,
+            }
+            if real is not None:
+                fp32 = dict(zip(names, _run(session, real), strict=True))
+                int8 = dict(zip(names, _run(_session(staging / INT8_FILE), real), strict=True))
+                record["int8_agreement_with_fp32"] = agreement(fp32, int8, config)
+        config.save_pretrained(staging)
+        from .hub import build_image_processor
+
+        build_image_processor(size).save_pretrained(staging)
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        replace_directory(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _quantize(source: Path, target: Path, mode: str, calibration_dir, image_size: int, max_images: int) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_name("prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            faces = face_images(calibration_dir, image_size, max_images).numpy()
+
+            class Faces(CalibrationDataReader):
+                def __init__(self):
+                    self.batches = iter([faces[i : i + 8] for i in range(0, len(faces), 8)])
+
+                def get_next(self):
+                    batch = next(self.batches, None)
+                    return None if batch is None else {"pixel_values": batch}
+
+            quantize_static(str(prepared), str(target), Faces(), per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+class OnnxAffectModel:
+    """An exported folder run by ONNX Runtime, in the shape `FaceAffectAnalyzer` uses: `model(pixel_values=...)`
+    returns the outputs by name; `.config`, `.device` and `.dtype` as a transformers model has them."""
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(
+        self, folder: str | os.PathLike, int8: bool = False, source_model_dir: str | os.PathLike | None = None
+    ):
+        folder = Path(folder)
+        record_path = folder / RECORD_FILE
+        if not record_path.is_file():
+            raise OnnxExportError(f"{folder} is not an ONNX export: no {RECORD_FILE} (run affect-hf export onnx)")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        file_name = INT8_FILE if int8 else ONNX_FILE
+        path = folder / file_name
+        if file_name not in record["files"] or not path.is_file():
+            raise OnnxExportError(f"{path} does not exist: export with --quantize for the int8 model")
+        if sha256(path) != record["files"][file_name]:
+            raise OnnxExportError(f"{path} is not the file this export recorded (its sha256 changed): export again")
+        if source_model_dir is not None:
+            weights = weights_sha256(source_model_dir)
+            if weights is not None and weights != record["source_weights_sha256"]:
+                raise OnnxExportError(
+                    f"{folder} was exported from other weights than {source_model_dir}'s (sha256 "
+                    f"{record['source_weights_sha256']} vs {weights}): export again"
+                )
+        self.config = AutoConfig.from_pretrained(folder)
+        if self.config.image_size != record["image_size"] or self.config.model_type != record["model_type"]:
+            raise OnnxExportError(f"{folder}/config.json does not describe the exported model ({record_path})")
+        self.session = _session(path)
+        self.names = tuple(output.name for output in self.session.get_outputs())
+        if list(self.names) != record["outputs"]:
+            raise OnnxExportError(f"{path} returns {self.names}, the record says {record['outputs']}")
+        self.record = record
+
+    def eval(self) -> "OnnxAffectModel":
+        return self
+
+    def __call__(self, pixel_values: torch.Tensor):
+        from transformers.utils import ModelOutput
+
+        values = self.session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})
+        return ModelOutput(**{name: torch.from_numpy(value) for name, value in zip(self.names, values, strict=True)})
