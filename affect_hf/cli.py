@@ -152,6 +152,19 @@ def main(argv: list[str] | None = None) -> None:
         help="onnx, onnx-int8: run an `affect-hf export onnx` folder (--model, or its onnx/ subfolder) on the CPU",
     )  # fmt: skip
 
+    evaluator = commands.add_parser(
+        "evaluate", help="score a model (or two, side by side) on a labelled split: scores.json and report.html"
+    )
+    evaluator.add_argument(
+        "--model", required=True, action="append", help="a saved model folder; give twice to compare"
+    )
+    evaluator.add_argument("--data_dir", required=True, help="the track's root (its validation split is scored)")
+    evaluator.add_argument("--track", required=True, choices=("mtl", "va", "expr", "au", "lsd"))
+    evaluator.add_argument("--output_dir", required=True)
+    evaluator.add_argument("--batch_size", type=int, default=64)
+    evaluator.add_argument("--num_workers", type=int, default=0)
+    evaluator.add_argument("--device", default="auto")
+
     exporter = commands.add_parser("export", help="export a model for other runtimes (ONNX)")
     exporter.add_argument("format", choices=("onnx",))
     exporter.add_argument("--model", required=True, help="a saved EMMA, CoTEX or DAN folder")
@@ -193,6 +206,28 @@ def main(argv: list[str] | None = None) -> None:
         print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
     elif args.command == "predict":
         run_predict(parser, args)
+    elif args.command == "evaluate":
+        from .report import evaluate_models
+
+        if len(args.model) > 2:
+            parser.exit(2, "affect-hf evaluate: error: --model at most twice (a side-by-side of two models)\n")
+        try:
+            results = evaluate_models(
+                args.model, args.data_dir, args.track, args.output_dir, batch_size=args.batch_size,
+                num_workers=args.num_workers, device=args.device,
+            )  # fmt: skip
+        except (OSError, ValueError) as error:
+            parser.exit(1, f"affect-hf evaluate: error: {error}\n")
+        for key, entry in results["models"].items():
+            print(
+                f"{key} ({entry['path']}): "
+                + ", ".join(
+                    f"{n} {v:.4f}" for n, v in entry["scores"].items() if n.startswith(("P_", "f1_macro", "accuracy"))
+                )
+            )
+            for task, reason in entry["unavailable"].items():
+                print(f"  {task}: unavailable ({reason})")
+        print(f"report: {Path(args.output_dir) / 'report.html'}")
     elif args.command == "export":
         from .export import export_onnx
 
