@@ -38,6 +38,8 @@ setup(
         # affect-hf predict on videos (PyAV's wheels carry FFmpeg) and its --plots.
         "video": ["av>=12"],
         "plots": ["matplotlib>=3.7"],
+        # affect-hf app (videos on the page need the video and plots extras' packages too).
+        "app": ["gradio>=5.0", "av>=12", "matplotlib>=3.7"],
         # affect-hf export onnx (the dynamo exporter needs onnxscript) and predict --backend onnx.
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # scikit-image for its real face photo (skimage.data.astronaut) in the tests.
@@ -48,6 +50,12 @@ setup(
             "av>=12",
             "matplotlib>=3.7",
             "scikit-image>=0.22",
+            "onnx>=1.16",
+            "onnxscript>=0.2",
+            "onnxruntime>=1.18",
+            "gradio>=5.0",
+            # drives Debian's chromium (and chromium-driver) in the app's browser test
+            "selenium>=4.10",
         ],
     },
     entry_points={"console_scripts": ["affect-hf=affect_hf.cli:main"]},

@@ -1,5 +1,6 @@
 """`affect-hf` command line: demo, train (any recipe), make-synthetic, convert (checkpoints), predict (faces in
-pictures and videos -> a table), export (ONNX), predict-abaw and validate-submission (ABAW test sets)."""
+pictures and videos -> a table), app (a web page), evaluate (a report), export (ONNX), predict-abaw and
+validate-submission (ABAW test sets)."""
 
 import argparse
 import json
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         help="time constant of an exponential moving average of each face's outputs (0: off)",
     )  # fmt: skip
     analyse.add_argument("--max_gap", type=float, default=1.0, help="seconds a lost face keeps its id")
+    analyse.add_argument("--max_seconds", type=float, default=None, help="analyse only each video's first N seconds")
     analyse.add_argument(
         "--plots", nargs="?", const="", default=None, metavar="DIR",
         help="write PNG plots per video (default folder: OUTPUT without suffix + _plots)",
@@ -151,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         "--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
         help="onnx, onnx-int8: run an `affect-hf export onnx` folder (--model, or its onnx/ subfolder) on the CPU",
     )  # fmt: skip
+
+    app = commands.add_parser("app", help="a web page (Gradio) showing a model's answers on images and videos")
+    app.add_argument("--model", required=True, help="a saved affect model folder or Hub id")
+    app.add_argument("--port", type=int, default=None)
+    app.add_argument("--device", default="auto")
+    app.add_argument("--max_video_seconds", type=float, default=30.0, help="longer videos are cut there")
+    app.add_argument("--share", action="store_true", help="a public gradio.live link")
 
     evaluator = commands.add_parser(
         "evaluate", help="score a model (or two, side by side) on a labelled split: scores.json and report.html"
@@ -206,6 +215,14 @@ def main(argv: list[str] | None = None) -> None:
         print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
     elif args.command == "predict":
         run_predict(parser, args)
+    elif args.command == "app":
+        try:
+            from .app import launch_app
+
+            launch_app(args.model, port=args.port, device=args.device, max_video_seconds=args.max_video_seconds,
+                       share=args.share)  # fmt: skip
+        except (OSError, ValueError, ImportError) as error:
+            parser.exit(1, f"affect-hf app: error: {error}\n")
     elif args.command == "evaluate":
         from .report import evaluate_models
 
@@ -279,7 +296,7 @@ def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
             every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
             smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
-            backend=args.backend,
+            backend=args.backend, max_seconds=args.max_seconds,
         )  # fmt: skip
     except (OSError, ValueError, ImportError) as error:  # missing paths, not an affect model, a bad output name
         parser.exit(1, f"affect-hf predict: error: {error}\n")
@@ -293,6 +310,8 @@ def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         print(f"skipped {path}: {reason}")
     for path, count in media.corrupt_packets.items():
         print(f"{path}: {count} unreadable packet(s) skipped")
+    for path, seconds in media.cut_at_seconds.items():
+        print(f"{path}: cut at {seconds:g} s (--max_seconds)")
     for path in summary.plots:
         print(f"plot: {path}")
     if args.overlay and summary.frames:

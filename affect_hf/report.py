@@ -284,13 +284,13 @@ def render_report(results: dict[str, Any], sections: list[tuple[str, dict, list[
     header = "".join(
         f"<th>{html.escape(key)}<br><small>{html.escape(entry['path'])}</small></th>" for key, entry, _ in sections
     )
-    kinds = list(dict.fromkeys(path.name.split("_", 2)[-1] for _, _, figures in sections for path in figures))
+    kinds = list(dict.fromkeys(path.name.removeprefix(f"{key}_") for key, _, figures in sections for path in figures))
     figures = ""
     for kind in kinds:
         cells = "".join(
             "<td>" + "".join(f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in paths
-                             if p.name.endswith(kind)) + "</td>"
-            for _, _, paths in sections
+                             if p.name == f"{key}_{kind}") + "</td>"
+            for key, _, paths in sections
         )  # fmt: skip
         figures += f"<tr>{cells}</tr>"
     column_width = 100 // max(len(names), 1)

@@ -39,6 +39,7 @@ class MediaReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     corrupt_packets: dict[str, int] = field(default_factory=dict)
     video_rates: dict[str, float] = field(default_factory=dict)
+    cut_at_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
@@ -69,12 +70,15 @@ def read_still_image(path: Path) -> torch.Tensor | None:
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
 
 
-def video_frames(path: Path, every_n_frames: int, report: MediaReport, stop: threading.Event) -> Iterator[Frame]:
+def video_frames(
+    path: Path, every_n_frames: int, report: MediaReport, stop: threading.Event, max_seconds: float | None = None
+) -> Iterator[Frame]:
     """Decoded frames of a video's first video stream, packet by packet: a packet that fails to decode is counted
     and skipped, and a file that breaks off ends the video, keeping every frame read before.
 
     Times count from the stream's start; a frame's index is its time x the frame rate (so a lost packet does not
-    shift the frames after it), or its place in decoding order when the stream has no rate.
+    shift the frames after it), or its place in decoding order when the stream has no rate. With `max_seconds`,
+    the video is cut there (recorded in `report.cut_at_seconds`).
     """
     import av
 
@@ -105,10 +109,13 @@ def video_frames(path: Path, every_n_frames: int, report: MediaReport, stop: thr
                 report.corrupt_packets[source] = report.corrupt_packets.get(source, 0) + 1
                 continue
             for frame in decoded:
+                time = float(frame.time) - start if frame.time is not None else None
+                if time is None and rate:
+                    time = decoded_count / rate
+                if max_seconds is not None and time is not None and time >= max_seconds:
+                    report.cut_at_seconds[source] = max_seconds
+                    return
                 if decoded_count % every_n_frames == 0:
-                    time = float(frame.time) - start if frame.time is not None else None
-                    if time is None and rate:
-                        time = decoded_count / rate
                     index = round(time * rate) if time is not None and rate else decoded_count
                     image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                     yield Frame(source, index, time, image)
@@ -128,7 +135,9 @@ def is_video(path: Path) -> str | None:
         return f"neither an image nor a video PyAV can decode ({error.strerror or error})"
 
 
-def iter_frames(files: list[Path], every_n_frames: int, report: MediaReport, stop: threading.Event) -> Iterator[Frame]:
+def iter_frames(
+    files: list[Path], every_n_frames: int, report: MediaReport, stop: threading.Event, max_seconds: float | None = None
+) -> Iterator[Frame]:
     """Every file's frames in order; unreadable files are logged, recorded in `report.skipped` and passed over."""
     for path in files:
         if stop.is_set():
@@ -148,7 +157,7 @@ def iter_frames(files: list[Path], every_n_frames: int, report: MediaReport, sto
             continue
         report.videos += 1
         try:
-            yield from video_frames(path, every_n_frames, report, stop)
+            yield from video_frames(path, every_n_frames, report, stop, max_seconds)
         except Exception as error:  # noqa: BLE001  (a broken file must not end the run; the frames before are kept)
             logger.warning("%s: reading stopped (%s: %s)", path, type(error).__name__, error)
             report.corrupt_packets[str(path)] = report.corrupt_packets.get(str(path), 0) + 1
@@ -157,14 +166,16 @@ def iter_frames(files: list[Path], every_n_frames: int, report: MediaReport, sto
 _END = object()
 
 
-def prefetched_frames(files: list[Path], every_n_frames: int, report: MediaReport, max_queued: int) -> Iterator[Frame]:
+def prefetched_frames(
+    files: list[Path], every_n_frames: int, report: MediaReport, max_queued: int, max_seconds: float | None = None
+) -> Iterator[Frame]:
     """`iter_frames` run in a background thread, at most `max_queued` frames ahead of the consumer."""
     frames: queue.Queue = queue.Queue(maxsize=max_queued)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for frame in iter_frames(files, every_n_frames, report, stop):
+            for frame in iter_frames(files, every_n_frames, report, stop, max_seconds):
                 while not stop.is_set():
                     try:
                         frames.put(frame, timeout=0.1)

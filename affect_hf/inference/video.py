@@ -99,11 +99,13 @@ def predict(
     progress: bool = True,
     analyzer: FaceAffectAnalyzer | None = None,
     backend: str = "torch",
+    max_seconds: float | None = None,
 ) -> PredictionSummary:
     """Analyse every face of every frame of `paths` (files or folders) into the table `output` (.csv or .parquet).
 
     The model is loaded (and checked to be an affect model) before any file is read. Returns what was done; the
-    table is complete up to the last frame analysed even when interrupted (`summary.interrupted`).
+    table is complete up to the last frame analysed even when interrupted (`summary.interrupted`). `max_seconds`
+    cuts each video there (`summary.media.cut_at_seconds`).
     """
     if every_n_frames < 1 or batch_size < 1:
         raise ValueError("--every_n_frames and --batch_size must be at least 1")
@@ -126,7 +128,7 @@ def predict(
         overlay_writer = OverlayWriter(overlay, config)
     summary = PredictionSummary(Path(output))
     face_ids = _FaceIds(max_gap, smoothing, config)
-    frames = prefetched_frames(files, every_n_frames, summary.media, max_queued=2 * batch_size)
+    frames = prefetched_frames(files, every_n_frames, summary.media, 2 * batch_size, max_seconds)
     bar = tqdm(unit="frame", desc="predict", disable=not progress, dynamic_ncols=True)
     started = clock.perf_counter()
     writer = TableWriter(output, table_schema(config, analyzer.detector.keypoint_names))

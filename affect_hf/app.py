@@ -1,0 +1,161 @@
+"""`affect-hf app`: a Gradio page to look at an affect model's answers (needs `pip install affect-hf[app]`).
+
+An image (uploaded or a webcam snapshot): the faces boxed and labelled, and per face its valence/arousal point on
+the circumplex, its expression probabilities and its AU probabilities with the decisions. A short video: the
+plots of `affect-hf predict --plots` and the table as a CSV to download; a video longer than `max_video_seconds`
+is cut there, with a notice. Anything else is refused with a message on the page. `spaces/app.py` runs the same
+page as a Hugging Face Space.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .inference.analysis import FaceAffectAnalyzer
+from .inference.media import Frame, is_video, read_still_image
+from .inference.overlay import draw_faces
+from .inference.video import frame_rows, predict
+
+
+def analyse_image(analyzer: FaceAffectAnalyzer, image: np.ndarray) -> tuple[PIL.Image.Image, list[dict], Any]:
+    """The annotated picture, one table row per face (the `affect-hf predict` schema) and the figure."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
+    [analysis] = analyzer.analyze([tensor])
+    faces = len(analysis.faces)
+    scores = [{name: value[i : i + 1] for name, value in analysis.scores.items()} for i in range(faces)]
+    rows = frame_rows(Frame("image", 0, None, tensor), analysis, list(range(faces)), scores, analyzer.config)
+    rows = [row for row in rows if row.get("face_id") is not None]
+    annotated = draw_faces(PIL.Image.fromarray(np.ascontiguousarray(image[..., :3])), rows)
+    return annotated, rows, face_figure(rows, analyzer.config)
+
+
+def face_figure(rows: list[dict], config: Any):
+    """Per face: the circumplex point, the expression probabilities and the AU probabilities (active in red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [config.id2label[i] for i in range(len(config.id2label))]
+    au_names = list(getattr(config, "au_names", ()))
+    has_va = bool(rows) and "valence" in rows[0]
+    columns = 1 + has_va + bool(au_names)
+    figure, axes = plt.subplots(max(len(rows), 1), columns, figsize=(4.2 * columns, 3.4 * max(len(rows), 1)),
+                                squeeze=False)  # fmt: skip
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, "no face found", ha="center", va="center", fontsize=14)
+        axes[0, 0].set_axis_off()
+    for row, face_axes in zip(rows, axes, strict=False):
+        column = 0
+        if has_va:
+            axis = face_axes[column]
+            axis.add_patch(plt.Circle((0, 0), 1, fill=False, color="grey"))
+            axis.axhline(0, color="grey", linewidth=0.5)
+            axis.axvline(0, color="grey", linewidth=0.5)
+            axis.scatter([row["valence"]], [row["arousal"]], s=80, color="tab:red")
+            axis.set_xlim(-1.1, 1.1)
+            axis.set_ylim(-1.1, 1.1)
+            axis.set_aspect("equal")
+            axis.set_xlabel("valence")
+            axis.set_ylabel("arousal")
+            axis.set_title(f"face {row['face_id']}: V {row['valence']:+.2f}, A {row['arousal']:+.2f}", fontsize=9)
+            column += 1
+        axis = face_axes[column]
+        axis.barh(labels, [row[f"expression_{label}"] for label in labels], color="tab:blue")
+        axis.set_xlim(0, 1)
+        axis.invert_yaxis()
+        axis.set_title(f"expression: {row['expression']}", fontsize=9)
+        column += 1
+        if au_names:
+            axis = face_axes[column]
+            probabilities = [row[f"{name}_probability"] for name in au_names]
+            colours = ["tab:red" if row[name] else "tab:grey" for name in au_names]
+            axis.barh(au_names, probabilities, color=colours)
+            axis.set_xlim(0, 1)
+            axis.invert_yaxis()
+            axis.set_title("action units (red: active)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def analyse_video(
+    analyzer: FaceAffectAnalyzer, path: str, max_seconds: float, folder: Path
+) -> tuple[Path, list[Path], str]:
+    """The table (CSV), the plots and a notice (how much was analysed, and whether the video was cut)."""
+    output = folder / f"{Path(path).stem}_affect.csv"
+    summary = predict([path], "", output, progress=False, analyzer=analyzer, plots_dir=folder / "plots",
+                      max_seconds=max_seconds)  # fmt: skip
+    notice = f"{summary.frames} frames, {summary.faces} faces, {summary.frames_without_face} frames without a face."
+    if summary.media.cut_at_seconds:
+        notice += f" The video was cut at {max_seconds:g} s (the limit of this page)."
+    return output, summary.plots, notice
+
+
+def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, title: str = "affect-hf"):
+    """The Gradio Blocks page over one analyzer."""
+    import gradio as gr
+
+    work = Path(tempfile.mkdtemp(prefix="affect-hf-app-"))
+
+    def on_image(image):
+        if image is None:
+            raise gr.Error("Upload an image or take a webcam snapshot first.")
+        annotated, rows, figure = analyse_image(analyzer, image)
+        return annotated, figure, json.dumps(rows, indent=1), f"{len(rows)} face(s) found."
+
+    def on_file(path):
+        if path is None:
+            raise gr.Error("Choose an image or a video file first.")
+        image = read_still_image(Path(path))
+        if image is not None:
+            annotated, rows, figure = analyse_image(analyzer, image.permute(1, 2, 0).numpy())
+            return annotated, figure, json.dumps(rows, indent=1), f"{len(rows)} face(s) found.", None, []
+        try:
+            reason = is_video(Path(path))
+        except ImportError:
+            reason = "videos need PyAV (pip install affect-hf[video])"
+        if reason is not None:
+            raise gr.Error(f"{Path(path).name} is neither an image nor a video this page can read ({reason}).")
+        folder = Path(tempfile.mkdtemp(dir=work))
+        table, plots, notice = analyse_video(analyzer, path, max_video_seconds, folder)
+        return None, None, "", notice, str(table), [str(p) for p in plots]
+
+    with gr.Blocks(title=title) as page:
+        gr.Markdown(
+            f"# {title}\nValence/arousal, 8 expressions and 12 action units for every face. Faces are found by "
+            "BlazeFace and aligned like ABAW's crops."
+        )
+        with gr.Tab("Image or webcam"):
+            with gr.Row():
+                image_in = gr.Image(sources=["upload", "webcam", "clipboard"], type="numpy", label="Image",
+                                    elem_id="image-input")  # fmt: skip
+                image_out = gr.Image(label="Faces", elem_id="faces-image")
+            image_button = gr.Button("Analyse image", elem_id="analyse-image", variant="primary")
+        with gr.Tab("File (image or short video)"):
+            file_in = gr.File(label=f"Image or video (videos cut at {max_video_seconds:g} s)", elem_id="file-input")
+            file_button = gr.Button("Analyse file", elem_id="analyse-file", variant="primary")
+            table_out = gr.File(label="Table (CSV, one row per frame x face)", elem_id="table-file")
+            plots_out = gr.Gallery(label="Plots", elem_id="plots", columns=2)
+        notice = gr.Markdown(elem_id="notice")
+        figure_out = gr.Plot(label="Per face", elem_id="face-figure")
+        rows_out = gr.Textbox(label="Results (JSON, the predict table's columns)", lines=8, elem_id="results-json")
+        image_button.click(on_image, image_in, [image_out, figure_out, rows_out, notice])
+        file_button.click(on_file, file_in, [image_out, figure_out, rows_out, notice, table_out, plots_out])
+    return page
+
+
+def launch_app(
+    model: str | os.PathLike, port: int | None = None, device: str = "auto", max_video_seconds: float = 30.0,
+    share: bool = False, prevent_thread_lock: bool = False, **options: Any,
+):  # fmt: skip
+    """Load the model (a folder or Hub id) and serve the page; returns what `gradio.Blocks.launch` returns."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    analyzer = FaceAffectAnalyzer.from_pretrained(model, device=device, **options)
+    page = build_app(analyzer, max_video_seconds, title=f"affect-hf: {Path(str(model)).name}")
+    return page, page.launch(server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=True)
