@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -187,6 +188,98 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
     return rows
 
 
+BACKENDS = ("torch", "compile", "onnx", "onnx-int8")
+
+
+def int8_matmul_peak(sizes: tuple[int, ...], min_time_s: float) -> dict:
+    """The int8 x int8 -> int32 matmul rate ONNX Runtime sustains here (MatMulInteger, the op dynamic int8 models
+    run), in multiply-adds x 2 per second: the peak that int8 rows are a fraction of."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    best = {"flops_per_s": 0.0, "best_size": None, "source": "onnxruntime MatMulInteger (uint8 x int8)"}
+    for size in sizes:
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_matmul",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+             helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
+            [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        with tempfile.NamedTemporaryFile(suffix=".onnx") as handle:
+            onnx.save(model, handle.name)
+            session = ort.InferenceSession(handle.name, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        inputs = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8),
+                  "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}  # fmt: skip
+        times = time_steps(partial(session.run, None, inputs), torch.device("cpu"), 1, None, min_time_s, 50)
+        rate = 2 * size**3 / statistics.median(times)
+        if rate > best["flops_per_s"]:
+            best.update(flops_per_s=rate, best_size=size)
+    return best
+
+
+def benchmark_backends(model, recipe, device: torch.device, args, inference_flops: float, report: dict) -> list[dict]:
+    """Inference of the same inputs through torch fp32, `torch.compile`, ONNX Runtime fp32 and int8 (dynamic),
+    each as images/s and as a fraction of the measured peak of its precision. The ONNX files come from
+    `affect-hf export onnx` itself (its parity check included)."""
+    import tempfile
+
+    from affect_hf.export import OnnxAffectModel, export_onnx
+    from affect_hf.hub import save_model_folder
+
+    rows = []
+    runners, records = {}, {}
+    folder = Path(tempfile.mkdtemp(prefix="affect-hf-bench-"))
+    if "torch" in args.backends:
+        runners["torch"] = model
+    if "compile" in args.backends:
+        runners["compile"] = torch.compile(model)
+    if {"onnx", "onnx-int8"} & set(args.backends):
+        save_model_folder(model, folder / "model")
+        records["export"] = export_onnx(folder / "model", folder / "onnx", quantize="dynamic")
+        if "onnx" in args.backends:
+            runners["onnx"] = OnnxAffectModel(folder / "onnx")
+        if "onnx-int8" in args.backends:
+            runners["onnx-int8"] = OnnxAffectModel(folder / "onnx", int8=True)
+            report["peak"].setdefault("int8", int8_matmul_peak(args.int8_matmul_sizes, args.matmul_time))
+    fp32_peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, (1024, 2048), args.matmul_time)
+    for batch_size in args.inference_batch_sizes:
+        pixel_values = make_batch(recipe, model, batch_size, device)["pixel_values"]
+        for name, runner in runners.items():
+
+            def step(runner=runner, pixel_values=pixel_values) -> None:
+                with torch.inference_mode():
+                    runner(pixel_values=pixel_values)
+
+            try:
+                with PeakMemory(device) as memory:
+                    times = time_steps(step, device, max(args.warmup, 1), args.steps, args.min_time, args.max_steps)
+            except Exception as error:  # noqa: BLE001  (e.g. torch.compile without a C++ compiler: say so, go on)
+                rows.append({"backend": name, "batch_size": batch_size, "error": f"{type(error).__name__}: {error}"})
+                continue
+            images_per_s = batch_size / statistics.median(times)
+            peak = report["peak"]["int8"] if name == "onnx-int8" else fp32_peak
+            rows.append({
+                "backend": name, "batch_size": batch_size, "timed_steps": len(times), "images_per_s": images_per_s,
+                "fraction_of_peak": images_per_s * inference_flops / peak["flops_per_s"],
+                "peak_precision": "int8" if name == "onnx-int8" else "fp32",
+                "peak_memory_gib": memory.peak_bytes / 2**30,
+            })  # fmt: skip
+            print(f"  done: backend {name} batch {batch_size}: {images_per_s:.2f} images/s", file=sys.stderr)
+    for row in rows:
+        reference = next((r for r in rows if r["backend"] == "torch" and r["batch_size"] == row["batch_size"]), None)
+        if reference and "images_per_s" in row and "images_per_s" in reference:
+            row["speedup_over_torch_fp32"] = row["images_per_s"] / reference["images_per_s"]
+    if records:
+        report["onnx_parity_max_abs_difference"] = records["export"]["parity_max_abs_difference"]
+    return rows
+
+
 def training_flops(recipe, model, batch, device: torch.device) -> tuple[float, dict[str, int]]:
     """FLOPs per image of one training step (fp32; the frozen CNN runs forward only, as in the model)."""
     step = LoopTrainingStep(recipe, model, "fp32", device)
@@ -244,6 +337,12 @@ def run(args: argparse.Namespace) -> dict:
         for name in dtype_names:
             times, memory = benchmark_inference(model, pixel_values, name, device, args)
             report["results"].append(result_row("inference", name, batch_size, times, memory, inference_flops, report))
+
+    report["backends"] = []
+    if args.backends:
+        if args.recipe != "emma":
+            raise SystemExit("--backends compares EMMA's inference: use --recipe emma")
+        report["backends"] = benchmark_backends(model, recipe, device, args, inference_flops, report)
 
     report["end_to_end"] = []
     if args.recipe == "emma" and args.video_frames:
@@ -338,7 +437,7 @@ def format_report(report: dict) -> str:
         f"CNN first conv channels_last: {report['cnn_memory_format']}",
         "matmul peak: "
         + ", ".join(
-            f"{name} {peak['flops_per_s'] / 1e12:.3f} TFLOP/s (n={peak['best_size']})"
+            f"{name} {peak['flops_per_s'] / 1e12:.3f} T{'OP' if name == 'int8' else 'FLOP'}/s (n={peak['best_size']})"
             for name, peak in report["peak"].items()
         ),
         "FLOPs per image: "
@@ -359,6 +458,17 @@ def format_report(report: dict) -> str:
     ):
         if report[key]:
             lines += ["", f"{title}: " + ", ".join(f"{name} {value:.2f}x" for name, value in report[key].items())]
+    if report["backends"]:
+        lines += ["", f"{'backend':<10} {'batch':>5} {'img/s':>8} {'vs torch':>8} {'% peak':>7} (of)   {'mem GiB':>8}"]
+        for r in report["backends"]:
+            if "error" in r:
+                lines.append(f"{r['backend']:<10} {r['batch_size']:>5} unavailable: {r['error'][:90]}")
+                continue
+            lines.append(
+                f"{r['backend']:<10} {r['batch_size']:>5} {r['images_per_s']:>8.2f} "
+                f"{r.get('speedup_over_torch_fp32', float('nan')):>7.2f}x {100 * r['fraction_of_peak']:>6.1f}% "
+                f"({r['peak_precision']}) {r['peak_memory_gib']:>8.2f}"
+            )
     if report["end_to_end"]:
         lines += ["", f"{'end to end (fp32)':<32} {'frames':>6} {'faces':>6} {'frames/s':>9} {'of model':>9} "
                   f"{'% peak':>7} {'mem GiB':>8}"]  # fmt: skip
@@ -404,8 +514,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="emma: frames of the end-to-end video (and 4x as many for the long one); 0 skips it",
     )  # fmt: skip
     parser.add_argument("--video-batch-size", type=int, default=16, help="frames per batch end to end")
+    parser.add_argument(
+        "--backends", nargs="*", choices=BACKENDS, default=None,
+        help="emma: also time inference through these backends (no value: all of them)",
+    )  # fmt: skip
+    parser.add_argument("--int8-matmul-sizes", type=int, nargs="+", default=(1024, 2048))
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
+    if args.backends == []:
+        args.backends = list(BACKENDS)
     if args.min_time is None:
         # On 2 CPU cores one ViT-B training step takes tens of seconds: one timed step past warm-up is all that fits
         # in a few minutes. On a GPU, steps are milliseconds and many are cheap.

@@ -75,3 +75,16 @@ def test_speedups_pairs_dtypes(benchmark):
         {"phase": "training", "batch_size": 4, "dtype": "fp32", "images_per_s": 1.0},
     ]
     assert benchmark.speedups(results) == {"inference_batch1": 1.5}
+
+
+def test_backends_time_the_same_inputs_through_torch_and_onnx_runtime(benchmark):
+    argv = "--preset tiny --device cpu --dtype fp32 --steps 1 --warmup 0 --inference-batch-sizes 1 3".split()
+    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --video-frames 0".split()
+    argv += "--backends torch onnx onnx-int8 --int8-matmul-sizes 64".split()
+    report = benchmark.main(argv)
+    rows = {(row["backend"], row["batch_size"]): row for row in report["backends"]}
+    assert set(rows) == {(backend, batch) for backend in ("torch", "onnx", "onnx-int8") for batch in (1, 3)}
+    assert report["peak"]["int8"]["flops_per_s"] > 0 and rows[("onnx-int8", 3)]["peak_precision"] == "int8"
+    assert all(row["images_per_s"] > 0 and row["fraction_of_peak"] > 0 for row in rows.values())
+    assert rows[("torch", 1)]["speedup_over_torch_fp32"] == 1.0
+    assert max(max(values.values()) for values in report["onnx_parity_max_abs_difference"].values()) < 1e-4
