@@ -314,8 +314,8 @@ def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         print(f"{path}: cut at {seconds:g} s (--max_seconds)")
     for path in summary.plots:
         print(f"plot: {path}")
-    if args.overlay and summary.frames:
-        print(f"overlay: {args.overlay}")
+    if args.overlay:
+        print(f"overlay: {args.overlay}" if Path(args.overlay).is_file() else "no overlay: no video among the inputs")
     if summary.interrupted:
         parser.exit(130, f"interrupted: the {summary.rows} rows so far are in {summary.output}\n")
     if not summary.frames:

@@ -234,7 +234,8 @@ def benchmark_backends(model, recipe, device: torch.device, args, inference_flop
 
     rows = []
     runners, records = {}, {}
-    folder = Path(tempfile.mkdtemp(prefix="affect-hf-bench-"))
+    workspace = tempfile.TemporaryDirectory(prefix="affect-hf-bench-")
+    folder = Path(workspace.name)
     if "torch" in args.backends:
         runners["torch"] = model
     if "compile" in args.backends:
@@ -277,6 +278,8 @@ def benchmark_backends(model, recipe, device: torch.device, args, inference_flop
             row["speedup_over_torch_fp32"] = row["images_per_s"] / reference["images_per_s"]
     if records:
         report["onnx_parity_max_abs_difference"] = records["export"]["parity_max_abs_difference"]
+    runners.clear()
+    workspace.cleanup()
     return rows
 
 

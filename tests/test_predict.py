@@ -229,3 +229,15 @@ def test_cli_refuses_a_model_that_is_not_an_affect_model_and_a_run_with_nothing_
     assert code == 1 and "must end in .csv or .parquet" in err
     code, _, err = run(str(tmp_path / "nowhere.mp4"), "--model", str(emma_folder), "--output", str(tmp_path / "d.csv"))
     assert code == 1 and "no such file or folder" in err
+
+
+def test_a_phone_photo_is_read_upright_from_its_exif_orientation(tmp_path):
+    from affect_hf.inference.media import read_still_image
+
+    upright = astronaut()[:300, :200]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the stored pixels lie on their side
+    Image.fromarray(np.rot90(upright, k=1).copy()).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image = read_still_image(tmp_path / "phone.jpg").permute(1, 2, 0).numpy()
+    assert image.shape == upright.shape
+    assert np.abs(image.astype(int) - upright.astype(int)).mean() < 8  # JPEG noise only

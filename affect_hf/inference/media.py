@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import PIL.Image
+import PIL.ImageOps
 import torch
 
 
@@ -60,11 +61,12 @@ def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def read_still_image(path: Path) -> torch.Tensor | None:
-    """The picture as 3 x H x W uint8 RGB, or None when PIL does not recognise the file as an image."""
+    """The picture as 3 x H x W uint8 RGB, upright as its EXIF orientation says (phone photos), or None when PIL
+    does not recognise the file as an image."""
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            rgb = image.convert("RGB")
+            rgb = PIL.ImageOps.exif_transpose(image).convert("RGB")
     except (PIL.UnidentifiedImageError, OSError, ValueError):
         return None
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
