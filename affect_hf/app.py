@@ -127,9 +127,15 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
         return None, None, "", notice, str(table), [str(p) for p in plots]
 
     with gr.Blocks(title=title) as page:
+        config = analyzer.config
+        answers = [
+            f"{len(config.id2label)} expressions ({', '.join(config.id2label[i] for i in range(len(config.id2label)))})"
+        ]
+        if hasattr(config, "au_names"):
+            answers = ["valence/arousal", *answers, f"{len(config.au_names)} action units"]
         gr.Markdown(
-            f"# {title}\nValence/arousal, 8 expressions and 12 action units for every face. Faces are found by "
-            "BlazeFace and aligned like ABAW's crops."
+            f"# {title}\n{', '.join(answers)} for every face. Faces are found by BlazeFace and aligned like ABAW's "
+            "crops."
         )
         with gr.Tab("Image or webcam"):
             with gr.Row():

@@ -317,9 +317,9 @@ def run_predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.overlay:
         print(f"overlay: {args.overlay}" if Path(args.overlay).is_file() else "no overlay: no video among the inputs")
     if summary.interrupted:
-        parser.exit(130, f"interrupted: the {summary.rows} rows so far are in {summary.output}\n")
+        kept = f"the {summary.rows} rows so far are in {summary.output}" if summary.frames else "nothing was written"
+        parser.exit(130, f"interrupted: {kept}\n")
     if not summary.frames:
-        Path(summary.output).unlink(missing_ok=True)
         parser.exit(1, f"affect-hf predict: error: nothing could be read from {' '.join(args.paths)}\n")
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from torch import nn
 from transformers import AutoConfig
+
+from modeling.pipeline_affect import affect_scores
 
 from .data.transforms import AffectImageTransform, load_rgb_image
 from .files import remove_stale_staging, replace_directory
@@ -84,7 +85,7 @@ def face_images(folder: str | os.PathLike, image_size: int, limit: int) -> torch
     if not paths:
         raise FileNotFoundError(f"no face images (.jpg, .png, .bmp) under {folder}")
     transform = AffectImageTransform(image_size, train=False)
-    return torch.stack([transform(load_rgb_image(PIL.Image.open(path))) for path in paths[:limit]])
+    return torch.stack([transform(load_rgb_image({"path": str(path)})) for path in paths[:limit]])
 
 
 def _session(path: Path, threads: int | None = None):
@@ -105,11 +106,13 @@ def _run(session, pixel_values: torch.Tensor, batch_size: int = 32) -> list[np.n
 
 
 def decisions(outputs: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
-    """The discrete answers users read: the expression (argmax) and, for EMMA, the AU decisions at its thresholds."""
-    answers = {"expression": outputs["logits"].argmax(-1)}
-    if "au_logits" in outputs:
-        probabilities = 1 / (1 + np.exp(-outputs["au_logits"]))
-        answers["action_units"] = probabilities >= np.asarray(config.au_thresholds)
+    """The discrete answers users read (`affect_scores`): the expression and, for EMMA, the AU decisions."""
+    from transformers.utils import ModelOutput
+
+    scores = affect_scores(ModelOutput(**{name: torch.from_numpy(value) for name, value in outputs.items()}), config)
+    answers = {"expression": scores["expression_probabilities"].argmax(-1).numpy()}
+    if "au_active" in scores:
+        answers["action_units"] = scores["au_active"].numpy()
     return answers
 
 

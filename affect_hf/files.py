@@ -8,23 +8,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class StagedFile:
+    """A hidden temporary file beside `path` (same suffix, for writers that choose the format by it), for a writer
+    that lives across many calls: `publish()` renames it over `path`, `discard()` removes it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.target = Path(path)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=self.target.suffix
+        )
+        os.close(handle)
+        self.path = Path(name)
+
+    def publish(self) -> Path:
+        os.chmod(self.path, 0o644)
+        os.replace(self.path, self.target)
+        return self.target
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` to write to: renamed over `path` when the block succeeds, deleted if it fails.
-
-    The temporary name keeps `path`'s suffix, for writers that choose the format by it (PIL, numpy).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    staging = Path(staging)
+    """A temporary path beside `path` to write to: renamed over `path` when the block succeeds, deleted if it fails."""
+    staged = StagedFile(path)
     try:
-        yield staging
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
+        yield staged.path
+        staged.publish()
     finally:
-        staging.unlink(missing_ok=True)
+        staged.discard()
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

@@ -127,7 +127,7 @@ def evaluate_models(
         key = f"model_{number}" if len(models) > 1 else "model"
         missing = unavailable_tasks(evaluation["references"], track)
         entry = {"path": str(name), "scores": evaluation["scores"], "unavailable": missing}
-        if evaluation["fitted"] is not None:
+        if evaluation["fitted"] is not None and "au" in TRACK_TASKS[track]:  # thresholds mean nothing elsewhere
             entry["au_thresholds"] = dict(zip(ACTION_UNITS, model.config.au_thresholds, strict=True))
             entry["fitted_au_thresholds"] = dict(zip(ACTION_UNITS, evaluation["fitted"].tolist(), strict=True))
         results["models"][key] = entry
@@ -175,7 +175,7 @@ def _save(figure, path: Path) -> Path:
 def _confusion(scores: np.ndarray, labels: np.ndarray, classes, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    valid = labels >= 0
+    valid = labelled("expression", labels)
     predicted, truth = scores[valid].argmax(1), labels[valid].astype(int)
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(counts, (truth, predicted), 1)

@@ -108,6 +108,9 @@ def test_weighted_nms_averages_overlapping_boxes_by_score():
     merged = (0.9 * boxes[1] + 0.6 * boxes[0]) / 1.5
     torch.testing.assert_close(kept_boxes, torch.stack([merged, boxes[2]]))
     torch.testing.assert_close(kept_keypoints[0, 0], merged[:2])
+    degenerate = torch.tensor([[5.0, 5, 5, 5]])  # zero size: overlaps nothing, not even itself
+    kept = weighted_non_max_suppression(degenerate, keypoints[:1], scores[:1], 0.3)
+    torch.testing.assert_close(kept[0], degenerate)
     empty = weighted_non_max_suppression(boxes[:0], keypoints[:0], scores[:0], 0.3)
     assert [len(part) for part in empty] == [0, 0, 0]
 

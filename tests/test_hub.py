@@ -27,6 +27,7 @@ from tests.test_modeling import IMAGE_SIZE, TINY_VIT, tiny_emma_config
 
 REMOTE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
     """
+    import numpy as np
     import torch
     from transformers import AutoModel, AutoModelForImageClassification, pipeline
 
@@ -43,6 +44,9 @@ REMOTE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
     if "custom_pipelines" in model.config.to_dict():  # EMMA's affect-analysis pipeline, built from the folder alone
         analysis = pipeline(model=folder, trust_remote_code=True)
         saved["affect_pipeline"] = analysis([image_path, image_path], batch_size=2)
+        from PIL import Image
+
+        saved["affect_pipeline_array"] = analysis(np.asarray(Image.open(image_path).convert("RGB")))
         saved["affect_pipeline_class"] = type(analysis).__module__
     torch.save(saved, output_path)
     """
@@ -123,7 +127,11 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(fixture, re
     with torch.no_grad():
         local = model(pixel_values)
     compared = [name for name in ("logits", "valence_arousal", "au_logits") if getattr(local, name, None) is not None]
-    affect = ["affect_pipeline", "affect_pipeline_class"] if isinstance(model, EmmaForAffectAnalysis) else []
+    affect = (
+        ["affect_pipeline", "affect_pipeline_class", "affect_pipeline_array"]
+        if isinstance(model, EmmaForAffectAnalysis)
+        else []
+    )
     assert set(remote) == {*compared, "pipeline", *affect}
     for name in compared:
         assert torch.equal(remote[name], getattr(local, name)), name
@@ -136,7 +144,7 @@ def test_fresh_process_without_the_package_loads_folder_and_pipeline(fixture, re
         with torch.no_grad():
             outputs = model(**processor(images=Image.open(image_path), return_tensors="pt"))
         expected = describe(affect_scores(outputs, model.config), 0, model.config)
-        for result in remote["affect_pipeline"]:  # batched there, alone here: equal to float tolerance
+        for result in [*remote["affect_pipeline"], remote["affect_pipeline_array"]]:  # batched there: float tolerance
             assert result["expression"] == expected["expression"] and result["au_active"] == expected["au_active"]
             assert [result["valence"], result["arousal"]] == pytest.approx([expected["valence"], expected["arousal"]])
             for field in ("expression_scores", "au_probabilities"):

@@ -193,15 +193,18 @@ def test_ctrl_c_leaves_a_valid_parquet_of_the_rows_so_far(emma_folder, tmp_path)
                "--output", str(output), "--batch_size", "4", "--device", "cpu"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    partial = tmp_path / ".rows.parquet.partial.parquet"
-    while not (partial.exists() and partial.stat().st_size > 4096) and time.monotonic() < deadline:
+
+    def partial_size() -> int:
+        return sum(path.stat().st_size for path in tmp_path.glob(".rows.parquet.*"))
+
+    while partial_size() <= 4096 and time.monotonic() < deadline:
         time.sleep(0.05)  # a row group (512 rows) has reached the disk
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     rows = pd.read_parquet(output)
     assert 512 <= len(rows) < 800 and (rows["frame"].diff().dropna() >= 0).all()
-    assert "interrupted" in stderr and not partial.exists()
+    assert "interrupted" in stderr and not list(tmp_path.glob(".rows.parquet.*"))
 
 
 def test_cli_refuses_a_model_that_is_not_an_affect_model_and_a_run_with_nothing_read(emma_folder, tmp_path, capsys):
@@ -241,3 +244,26 @@ def test_a_phone_photo_is_read_upright_from_its_exif_orientation(tmp_path):
     image = read_still_image(tmp_path / "phone.jpg").permute(1, 2, 0).numpy()
     assert image.shape == upright.shape
     assert np.abs(image.astype(int) - upright.astype(int)).mean() < 8  # JPEG noise only
+
+
+def test_outputs_inside_an_input_folder_are_not_read_back_and_empty_inputs_are_refused(emma_folder, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(astronaut()).save(folder / "photo.jpg")
+    for _ in range(2):  # the second run must not analyse the first run's table, plots or overlay
+        summary = predict([folder], emma_folder, folder / "table.csv", plots_dir=folder / "plots", device="cpu",
+                          progress=False)  # fmt: skip
+        assert summary.frames == 1 and not summary.media.skipped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no file to read"):
+        predict([tmp_path / "empty"], emma_folder, tmp_path / "t.csv", device="cpu", progress=False)
+
+
+def test_a_16_bit_picture_keeps_its_contrast(tmp_path):
+    from affect_hf.inference.media import read_still_image
+
+    gray = np.asarray(Image.fromarray(astronaut()).convert("L"), dtype=np.uint16) * 257  # full 16-bit range
+    Image.fromarray(gray).save(tmp_path / "sixteen.png")
+    image = read_still_image(tmp_path / "sixteen.png")
+    assert image.shape == (3, 512, 512)
+    np.testing.assert_array_equal(image[0].numpy(), (gray // 257).astype(np.uint8))

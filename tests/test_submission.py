@@ -245,3 +245,16 @@ def test_uni_task_tracks_refuse_a_model_that_cannot_answer_them(tracks_root, tmp
         with pytest.raises(ValueError, match=message):
             predict_abaw(folder, tracks_root, track, tmp_path / "x.txt", num_workers=0,
                          test_list=tracks_root / TRACK_TEST_SAMPLE_FILES[track])  # fmt: skip
+
+
+def test_a_bad_frame_list_names_its_line(tmp_path):
+    from affect_hf.inference.submission import read_frame_list
+
+    path = tmp_path / "list.txt"
+    path.write_text("image_location,valence,arousal\nvideo_1/00001.jpg,0,0\n\nvideo_1/cover.jpg,0,0\n")
+    with pytest.raises(
+        ValueError, match=r"list.txt, line 4: expected <video>/<frame number>.jpg, found 'video_1/cover"
+    ):
+        read_frame_list(path)
+    path.write_text("video_1/00001.jpg\nvideo_1/00002.jpg\n")  # no header
+    assert read_frame_list(path) == ["video_1/00001.jpg", "video_1/00002.jpg"]

@@ -69,6 +69,7 @@ def weighted_non_max_suppression(
     remaining = torch.arange(len(scores), device=scores.device)
     while len(remaining):
         overlap = box_iou(boxes[remaining[:1]], boxes[remaining])[0] > iou_threshold
+        overlap[0] = True  # a degenerate (empty) box overlaps nothing, not even itself
         group = remaining[overlap]
         weights = scores[group] / scores[group].sum()
         kept_boxes.append((boxes[group] * weights[:, None]).sum(0))

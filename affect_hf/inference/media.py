@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
@@ -43,8 +44,10 @@ class MediaReport:
     cut_at_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders walked (sorted, hidden entries left out); a path that does not exist is an error."""
+def expand_paths(paths: list[str | os.PathLike], exclude: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+    """Files as given, folders walked (sorted, hidden entries left out), without `exclude` (this run's own outputs,
+    files or folders); a path that does not exist, or nothing at all to read, is an error."""
+    excluded = [Path(path).absolute() for path in exclude]
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -57,6 +60,9 @@ def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
+    files = [file for file in files if not any(file.absolute().is_relative_to(out) for out in excluded)]
+    if not files:
+        raise FileNotFoundError(f"no file to read in {', '.join(map(str, paths))}")
     return files
 
 
@@ -66,7 +72,11 @@ def read_still_image(path: Path) -> torch.Tensor | None:
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            rgb = PIL.ImageOps.exif_transpose(image).convert("RGB")
+            image = PIL.ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: convert("RGB") would clip it to white
+                values = np.asarray(image, dtype=np.float64)
+                image = PIL.Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8))
+            rgb = image.convert("RGB")
     except (PIL.UnidentifiedImageError, OSError, ValueError):
         return None
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
@@ -93,7 +103,8 @@ def video_frames(
         report.video_rates[source] = rate
         decoded_count = 0
         packets = container.demux(stream)
-        while not stop.is_set():
+        broken = False
+        while not stop.is_set() and not broken:
             try:
                 packet = next(packets)
             except StopIteration:
@@ -101,9 +112,9 @@ def video_frames(
             except av.error.FFmpegError as error:
                 logger.warning("%s: the file breaks off after %d frames (%s)", source, decoded_count, error)
                 report.corrupt_packets[source] = report.corrupt_packets.get(source, 0) + 1
-                break
+                packet, broken = None, True  # flush: the frames the decoder still holds are kept
             try:
-                decoded = packet.decode()
+                decoded = packet.decode() if packet is not None else stream.codec_context.decode(None)
             except av.error.FFmpegError as error:
                 logger.warning(
                     "%s: a packet after %d frames does not decode (%s); skipped", source, decoded_count, error
@@ -175,18 +186,22 @@ def prefetched_frames(
     frames: queue.Queue = queue.Queue(maxsize=max_queued)
     stop = threading.Event()
 
+    def hand_over(item) -> None:
+        """Put `item` in the queue unless the consumer has gone (then drop it: nobody will read it)."""
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def produce() -> None:
         try:
             for frame in iter_frames(files, every_n_frames, report, stop, max_seconds):
-                while not stop.is_set():
-                    try:
-                        frames.put(frame, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            frames.put(_END)
+                hand_over(frame)
+            hand_over(_END)
         except BaseException as error:  # noqa: BLE001  (handed to the consumer, raised there)
-            frames.put(error)
+            hand_over(error)
 
     thread = threading.Thread(target=produce, name="affect-hf-decoder", daemon=True)
     thread.start()

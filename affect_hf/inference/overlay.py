@@ -1,6 +1,7 @@
 """`--overlay out.mp4`: the analysed frames with each face's box, id, expression and valence/arousal drawn on."""
 
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..files import atomic_path
+from ..files import StagedFile
 from .media import Frame
 
 
@@ -38,8 +39,9 @@ def draw_faces(image: PIL.Image.Image, rows: list[dict[str, Any]]) -> PIL.Image.
 class OverlayWriter:
     """An H.264 video of one input video's analysed frames, at its frame rate / `every_n_frames`.
 
-    Written to a hidden file and renamed on `close()`, which also runs on Ctrl-C: the overlay then ends where
-    the table does. It shows the first video among the inputs; other videos and still pictures are not drawn.
+    Written to a hidden file beside `path` and renamed on `close()`, which also runs on Ctrl-C: the overlay then
+    ends where the table does. A failure while encoding removes the hidden file and publishes nothing. It shows the
+    first video among the inputs; other videos and still pictures are not drawn.
     """
 
     def __init__(self, path: str | os.PathLike, config: Any):
@@ -48,34 +50,50 @@ class OverlayWriter:
         self.path, self.config = Path(path), config
         self.source: str | None = None
         self.container = self.stream = None
-        self._staging = None
+        self.staging: StagedFile | None = None
 
     def add(self, frame: Frame, rows: list[dict[str, Any]], rate: float | None, every_n_frames: int) -> None:
         import av
 
         if frame.time is None or self.source not in (None, frame.source):
             return
-        if self.source is None:
-            self.source = frame.source
-            self._staging = atomic_path(self.path)
-            staging = self._staging.__enter__()
-            self.container = av.open(str(staging), mode="w", format="mp4")
-            fps = max(1, round((rate or 25.0) / every_n_frames))
-            self.stream = self.container.add_stream("libx264", rate=fps)
-            height, width = frame.image.shape[1:]
-            self.stream.width, self.stream.height, self.stream.pix_fmt = width // 2 * 2, height // 2 * 2, "yuv420p"
-        picture = draw_faces(PIL.Image.fromarray(frame.image.permute(1, 2, 0).numpy()), rows)
-        array = np.asarray(picture)[: self.stream.height, : self.stream.width]
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")):
-            self.container.mux(packet)
+        try:
+            if self.source is None:
+                self.source = frame.source
+                self.staging = StagedFile(self.path)
+                self.container = av.open(str(self.staging.path), mode="w", format="mp4")
+                fps = Fraction(rate or 25.0).limit_denominator(1001) / every_n_frames
+                self.stream = self.container.add_stream("libx264", rate=fps)
+                height, width = frame.image.shape[1:]
+                self.stream.width, self.stream.height = width // 2 * 2, height // 2 * 2
+                self.stream.pix_fmt = "yuv420p"
+            picture = draw_faces(PIL.Image.fromarray(frame.image.permute(1, 2, 0).numpy()), rows)
+            array = np.ascontiguousarray(np.asarray(picture)[: self.stream.height, : self.stream.width])
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                self.container.mux(packet)
+        except Exception:
+            self.discard()
+            raise
 
     def close(self) -> None:
+        """Finish the video and put it in place (nothing happens when no video frame came)."""
         if self.container is None:
             return
         try:
             for packet in self.stream.encode():
                 self.container.mux(packet)
             self.container.close()
-        finally:
-            self._staging.__exit__(None, None, None)
             self.container = None
+            self.staging.publish()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:  # noqa: BLE001  (already failing; the file is being removed)
+                pass
+            self.container = None
+        if self.staging is not None:
+            self.staging.discard()

@@ -4,6 +4,7 @@
 - `<video>_circumplex.png`: each face's (valence, arousal) path on Russell's circumplex, coloured by time;
 - `<video>_expressions.png`: each face's expression probabilities over time, stacked;
 - `<video>_action_units.png`: each face's AU probabilities as a heatmap (AUs x time).
+The per-face plots show the `MAX_FACES_PLOTTED` faces seen in the most frames.
 Still pictures (no time) are drawn together on one circumplex, `pictures_circumplex.png`.
 """
 
@@ -29,8 +30,13 @@ def plot_table(table: str | os.PathLike, output_dir: str | os.PathLike, config: 
     au_names = list(getattr(config, "au_names", ()))
     written = []
     videos = rows[rows["time"].notna()]
+    stems: set[str] = set()
     for source, faces in videos.groupby("source", sort=False):
         stem = _safe_stem(source)
+        while stem in stems:  # two videos of the same name in different folders
+            stem += "_"
+        stems.add(stem)
+        faces = faces[faces["face_id"].isin(faces["face_id"].value_counts().index[:MAX_FACES_PLOTTED])]
         if "valence" in faces:
             written.append(_valence_arousal_over_time(faces, output_dir / f"{stem}_valence_arousal.png", source))
             written.append(_circumplex(faces, output_dir / f"{stem}_circumplex.png", source))
@@ -41,6 +47,10 @@ def plot_table(table: str | os.PathLike, output_dir: str | os.PathLike, config: 
     if len(pictures) and "valence" in pictures:
         written.append(_circumplex(pictures, output_dir / "pictures_circumplex.png", "pictures"))
     return written
+
+
+# A crowd gives hundreds of ids over a long video: the plots show the faces seen longest.
+MAX_FACES_PLOTTED = 8
 
 
 def _safe_stem(source: str) -> str:

@@ -35,10 +35,11 @@ from ..data.abaw_mtl import (
     ABAW_MTL_ANNOTATION_FILES,
     ABAW_MTL_HEADER,
     ABAW_MTL_IMAGE_DIR,
+    _video_and_frame,
     abaw_frame_table,
     parse_test_list,
 )
-from ..data.abaw_tracks import ABAW_TRACK_HEADERS, ABAW_TRACKS
+from ..data.abaw_tracks import ABAW_TRACK_FIELDS, ABAW_TRACK_HEADERS, ABAW_TRACKS
 from ..files import atomic_path, write_text_atomically
 from ..labels import (
     ABAW_EXPRESSIONS,
@@ -126,16 +127,15 @@ def abaw_test_names(data_dir: str | os.PathLike, track: str, test_list: str | os
 def read_frame_list(path: str | os.PathLike) -> list[str]:
     """The first column of a list of `<video>/<frame>.jpg` lines; a first line that is not a frame is a header."""
     with open(path, encoding="utf-8-sig") as handle:
-        lines = [line.strip() for line in handle.read().splitlines()]
-    names = [line.split(",")[0].strip() for line in lines if line]
-    if names and not names[0].lower().endswith((".jpg", ".png")):
-        names = names[1:]
-    for number, name in enumerate(names, start=2):
-        if "/" not in name or not name.lower().endswith((".jpg", ".png")):
-            raise ValueError(f"{path}, line {number}: expected <video>/<frame>.jpg, found {name!r}")
-    if not names:
+        numbered = [(number, line.split(",")[0].strip()) for number, line in enumerate(handle, start=1) if line.strip()]
+    if numbered and not numbered[0][1].lower().endswith((".jpg", ".png")):
+        numbered = numbered[1:]
+    for number, name in numbered:
+        if _video_and_frame(name)[1] < 0 or not name.lower().endswith((".jpg", ".png")):
+            raise ValueError(f"{path}, line {number}: expected <video>/<frame number>.jpg, found {name!r}")
+    if not numbered:
         raise ValueError(f"{path} lists no frames")
-    return names
+    return [name for _, name in numbered]
 
 
 def validate_submission(path: str | os.PathLike, track: str, names: list[str]) -> int:
@@ -179,7 +179,7 @@ def validate_submission(path: str | os.PathLike, track: str, names: list[str]) -
     return len(rows)
 
 
-_FIELDS_PER_TRACK = {"mtl": 3 + NUM_ACTION_UNITS, "lsd": 1, "va": 2, "expr": 1, "au": NUM_ACTION_UNITS}
+_FIELDS_PER_TRACK = {"mtl": 3 + NUM_ACTION_UNITS, "lsd": 1, **ABAW_TRACK_FIELDS}
 
 
 def _row_problem(track: str, values: list[str]) -> str | None:
@@ -301,7 +301,8 @@ def predict_abaw(
         dataset = AbawMtlTorchDataset(split, image_size=size, train=False)
 
     partial = output.with_name(output.name + ".partial.npz")
-    fingerprint = f"{Path(model_path).absolute()}|{Path(data_dir).absolute()}|{track}|{len(names)}"
+    sources = [Path(p).absolute() if p is not None else None for p in (model_path, data_dir, image_dir, test_list)]
+    fingerprint = f"{'|'.join(map(str, sources))}|{track}|{len(names)}"
     predictions = Predictions.load(partial, fingerprint, len(split)) or Predictions.empty(len(split))
     if predictions.done:
         logger.info("resuming at image %d of %d from %s", predictions.done + 1, len(split), partial)
@@ -361,10 +362,14 @@ def fill_frames_without_crop(names: list[str], predicted: list[str], predictions
     """
     by_video: dict[str, tuple[list[int], list[int]]] = {}
     for row, name in enumerate(predicted):
-        video, frame = name.rsplit("/", 1)
+        video, frame = _video_and_frame(name)
         frames, rows = by_video.setdefault(video, ([], []))
-        frames.append(int(Path(frame).stem))
+        frames.append(frame)
         rows.append(row)
+    by_video = {  # each video's predicted frames in order, once
+        video: (np.asarray(frames)[np.argsort(frames)], np.asarray(rows)[np.argsort(frames)])
+        for video, (frames, rows) in by_video.items()
+    }
     filled = Predictions.empty(len(names))
     filled.valence_arousal[:] = 0.0
     filled.expression[:] = ABAW_EXPRESSIONS.index("Neutral")
@@ -374,19 +379,15 @@ def fill_frames_without_crop(names: list[str], predicted: list[str], predictions
     for index, name in enumerate(names):
         row = position.get(name)
         if row is None:
-            video, frame = name.rsplit("/", 1)
+            video, target = _video_and_frame(name)
             if video not in by_video:
                 neutral += 1
                 continue
             frames, rows = by_video[video]
-            order = np.argsort(frames)
-            sorted_frames = np.asarray(frames)[order]
-            target = int(Path(frame).stem)
-            right = int(np.searchsorted(sorted_frames, target))
+            right = int(np.searchsorted(frames, target))
             left = max(right - 1, 0)
-            right = min(right, len(sorted_frames) - 1)
-            pick = left if abs(target - sorted_frames[left]) <= abs(sorted_frames[right] - target) else right
-            row = rows[order[pick]]
+            right = min(right, len(frames) - 1)
+            row = int(rows[left if abs(target - frames[left]) <= abs(frames[right] - target) else right])
             nearest += 1
         filled.valence_arousal[index] = predictions.valence_arousal[row]
         filled.expression[index] = predictions.expression[row]

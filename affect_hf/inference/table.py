@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..files import StagedFile
+
 
 TABLE_FORMATS = (".csv", ".parquet")
 
@@ -50,12 +52,8 @@ def check_table_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial{path.suffix}")
-
-
 class TableWriter:
-    """Rows streamed to `path` (CSV or Parquet by its suffix) through a hidden `.partial` file beside it.
+    """Rows streamed to `path` (CSV or Parquet by its suffix) through a hidden file beside it (`StagedFile`).
 
     `close()` (also on Ctrl-C or an error, when used as a context manager) finishes the file and renames it into
     place, so the output holds every row written so far and is never half a file. Parquet is written one row
@@ -64,16 +62,15 @@ class TableWriter:
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema, rows_per_group: int = 512):
         self.path, self.schema, self.rows_per_group = check_table_path(path), schema, rows_per_group
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = partial_path(self.path)
+        self.staged = StagedFile(self.path)
         self.rows: list[dict[str, Any]] = []
         self.written = 0
         if self.path.suffix == ".csv":
-            self.file = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115  (closed in close())
+            self.file = open(self.staged.path, "w", newline="", encoding="utf-8")  # noqa: SIM115  (closed in close())
             self.csv = csv.DictWriter(self.file, fieldnames=schema.names, extrasaction="raise")
             self.csv.writeheader()
         else:
-            self.parquet = pq.ParquetWriter(self.partial, schema)
+            self.parquet = pq.ParquetWriter(self.staged.path, schema)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         self.rows += rows
@@ -81,22 +78,28 @@ class TableWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.rows:
+        rows, self.rows = self.rows, []  # taken first: an interrupt mid-write never writes them twice
+        if not rows:
             return
         if self.path.suffix == ".csv":
-            self.csv.writerows(_csv_row(row) for row in self.rows)
+            self.csv.writerows(_csv_row(row) for row in rows)
             self.file.flush()
         else:
-            self.parquet.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-        self.written += len(self.rows)
-        self.rows = []
+            self.parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.written += len(rows)
 
-    def close(self) -> Path:
+    def close(self, keep: bool = True) -> Path:
+        """Finish the file and put it in place; `keep=False` (nothing worth keeping) leaves any old output as it
+        was and removes the partial file."""
         try:
-            self.flush()
+            if keep:
+                self.flush()
         finally:
             (self.file if self.path.suffix == ".csv" else self.parquet).close()
-            os.replace(self.partial, self.path)
+            if keep:
+                self.staged.publish()
+            else:
+                self.staged.discard()
         return self.path
 
     def __enter__(self) -> "TableWriter":

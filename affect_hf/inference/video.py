@@ -110,7 +110,8 @@ def predict(
     if every_n_frames < 1 or batch_size < 1:
         raise ValueError("--every_n_frames and --batch_size must be at least 1")
     check_table_path(output)
-    files = expand_paths(paths)
+    own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
+    files = expand_paths(paths, exclude=own_outputs)
     if analyzer is None:
         analyzer = FaceAffectAnalyzer.from_pretrained(
             model,
@@ -157,11 +158,15 @@ def predict(
         logger.warning("interrupted: keeping the %d rows written so far", summary.rows)
     finally:
         summary.seconds = clock.perf_counter() - started
-        bar.close()
-        frames.close()
-        writer.close()
-        if overlay_writer is not None:
-            overlay_writer.close()
+        try:  # the rows first: whatever happens next, they are on disk
+            writer.close(keep=summary.frames > 0)
+        finally:
+            try:
+                if overlay_writer is not None:
+                    overlay_writer.close()
+            finally:
+                bar.close()
+                frames.close()
     if plots_dir is not None and summary.rows:
         from .plots import plot_table
 
