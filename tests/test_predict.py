@@ -102,7 +102,7 @@ def test_rows_hold_the_pipelines_numbers(analysed, media, emma_folder):
     assert table.loc[table["face_id"].notna(), EXPRESSION_COLUMNS].notna().all().all()
 
 
-def test_plots_and_overlay_are_written(analysed):
+def test_plots_and_overlay_are_written(analysed, media):
     _, summary, folder = analysed
     names = sorted(path.name for path in summary.plots)
     assert names == sorted(
@@ -114,6 +114,14 @@ def test_plots_and_overlay_are_written(analysed):
             assert image.format == "PNG" and image.width > 300
     frames = [frame.to_ndarray(format="rgb24") for frame in av.open(str(folder / "overlay.mp4")).decode(video=0)]
     assert len(frames) == NUM_FRAMES and frames[0].shape == (SIZE[1], SIZE[0], 3)
+    # The boxes are drawn: each face's colour (first two of the palette) is on the frame, and not on the input's.
+    from affect_hf.inference.overlay import PALETTE
+
+    def has_colour(frame, colour):
+        return (np.abs(frame.astype(int) - colour).sum(-1) < 60).sum() > 50
+
+    source = next(iter(av.open(str(media / "two_faces.mp4")).decode(video=0))).to_ndarray(format="rgb24")
+    assert all(has_colour(frames[0], colour) and not has_colour(source, colour) for colour in PALETTE[:2])
     assert not [name for name in os.listdir(folder) if name.startswith(".")], "a staging file was left behind"
 
 

@@ -150,10 +150,11 @@ class FaceAffectAnalyzer:
         """
         single = isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence)
         pictures = [images] if single else list(images)
-        pictures = [load_image(str(p)) if isinstance(p, (str, os.PathLike)) else p for p in pictures]
         results = []
-        for start in range(0, len(pictures), self.batch_size):
-            for analysis in self.analyze(pictures[start : start + self.batch_size]):
+        for start in range(0, len(pictures), self.batch_size):  # paths are read a batch at a time
+            chunk = [load_image(str(p)) if isinstance(p, (str, os.PathLike)) else p
+                     for p in pictures[start : start + self.batch_size]]  # fmt: skip
+            for analysis in self.analyze(chunk):
                 faces = analysis.faces
                 results.append([
                     {
