@@ -34,8 +34,8 @@ ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_expor
 MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits")
 QUANTIZATION_MODES = ("dynamic", "static")
 OPSET = 18
-# int8 runs the matrix products (the ViT's, ~95% of EMMA's FLOPs); convolutions stay fp32: ONNX Runtime's integer
-# convolution (ConvInteger) is slower than its fp32 one on CPU, and quantising it halved EMMA's int8 speed here.
+# int8 runs the matrix products (the linear layers: 85% of EMMA's FLOPs); convolutions (12%) stay fp32: ONNX
+# Runtime's integer convolution (ConvInteger) is slower than its fp32 one on CPU; quantising it halved int8's speed.
 INT8_OPS = ["MatMul", "Gemm"]
 # fp32 parity: ONNX Runtime fuses and reorders float operations, so outputs differ from torch by rounding only.
 PARITY_TOLERANCE = 1e-4
