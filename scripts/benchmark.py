@@ -167,7 +167,7 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
             align_faces(image.to(device), faces.landmarks, model.config.image_size)
             for image, faces in zip(images, detections, strict=True)
         ])  # fmt: skip
-        pixel_values = (crops - analyzer.mean) / analyzer.std
+        pixel_values = analyzer.normalise(crops)
         faces_per_batch = 2 * args.video_batch_size
         tick = time.perf_counter()
         with torch.inference_mode():

@@ -120,6 +120,10 @@ class FaceAffectAnalyzer:
             detector = load_face_detector(detector, device, min_score=min_face_score, max_faces=max_faces)
         return cls(affect_model, detector, mean, std, batch_size)
 
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """Aligned crops in [0, 255] -> the model's inputs, with the saved image processor's mean and std."""
+        return (crops - self.mean) / self.std
+
     @torch.inference_mode()
     def analyze(self, images: Sequence[ImageInput]) -> list[FrameAnalysis]:
         """Every face of every picture, with its scores; pictures without a face get an empty analysis."""
@@ -132,7 +136,7 @@ class FaceAffectAnalyzer:
         crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
         chunks = []
         for start in range(0, len(crops), self.batch_size):
-            pixel_values = (crops[start : start + self.batch_size] - self.mean) / self.std
+            pixel_values = self.normalise(crops[start : start + self.batch_size])
             outputs = self.model(pixel_values=pixel_values.to(self.model.dtype))
             chunks.append({name: value.cpu() for name, value in affect_scores(outputs, self.config).items()})
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
