@@ -22,7 +22,6 @@ written on the card. Position embeddings of another grid are interpolated (bicub
 """
 
 import fnmatch
-import hashlib
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ from modeling import (
     MaeViTModel,
 )
 
+from .files import file_sha256
 from .hub import render_model_card, save_model_folder
 from .labels import AFFECTNET_EXPRESSIONS, LSD_EXPRESSIONS, NUM_ACTION_UNITS, NUM_EXPRESSIONS
 
@@ -121,14 +121,6 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or another format): {first_line}"
         ) from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def detect_kind(checkpoint: Any) -> str:

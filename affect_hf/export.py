@@ -8,7 +8,6 @@ decisions int8 changes. A file that no longer matches its record, or a folder wh
 exported, is refused with the reason.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from transformers import AutoConfig
 from modeling.pipeline_affect import affect_scores
 
 from .data.transforms import AffectImageTransform, load_rgb_image
-from .files import remove_stale_staging, replace_directory
+from .files import file_sha256, remove_stale_staging, replace_directory
 
 
 logger = logging.getLogger(__name__)
@@ -65,18 +64,10 @@ def output_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in MODEL_OUTPUTS if getattr(outputs, name, None) is not None)
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(model_dir: str | os.PathLike) -> str | None:
     """The sha256 of a model folder's weights file, None for a Hub id or a folder without one."""
     path = Path(model_dir) / "model.safetensors"
-    return sha256(path) if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def face_images(folder: str | os.PathLike, image_size: int, limit: int) -> torch.Tensor:
@@ -203,13 +194,13 @@ def export_onnx(
             "image_size": size,
             "outputs": list(names),
             "opset": opset,
-            "files": {ONNX_FILE: sha256(staging / ONNX_FILE)},
+            "files": {ONNX_FILE: file_sha256(staging / ONNX_FILE)},
             "parity_max_abs_difference": parity,
             "torch": torch.__version__,
         }
         if quantize is not None:
             _quantize(staging / ONNX_FILE, staging / INT8_FILE, quantize, calibration_dir, size, max_images)
-            record["files"][INT8_FILE] = sha256(staging / INT8_FILE)
+            record["files"][INT8_FILE] = file_sha256(staging / INT8_FILE)
             record["quantization"] = {
                 "mode": quantize,
                 "calibration_dir": str(calibration_dir) if calibration_dir else None,
@@ -276,7 +267,7 @@ class OnnxAffectModel:
         path = folder / file_name
         if file_name not in record["files"] or not path.is_file():
             raise OnnxExportError(f"{path} does not exist: export with --quantize for the int8 model")
-        if sha256(path) != record["files"][file_name]:
+        if file_sha256(path) != record["files"][file_name]:
             raise OnnxExportError(f"{path} is not the file this export recorded (its sha256 changed): export again")
         if source_model_dir is not None:
             weights = weights_sha256(source_model_dir)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoModel
 
 from .data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, class_label, load_abaw_mtl
 from .data.abaw_lsd import load_abaw_lsd
@@ -107,7 +106,7 @@ def evaluate_models(
     """Score each model on the track's validation split; write `scores.json`, the PNGs and `report.html`."""
     import warnings
 
-    from .inference.analysis import resolve_device
+    from .inference.analysis import load_affect_model
 
     if track not in EVALUATION_TRACKS:
         raise ValueError(f"unknown track {track!r}; expected one of {', '.join(EVALUATION_TRACKS)}")
@@ -117,9 +116,7 @@ def evaluate_models(
     results: dict[str, Any] = {"track": track, "data_dir": str(data_dir), "num_samples": len(split), "models": {}}
     sections = []
     for number, name in enumerate(models, start=1):
-        if not Path(name).exists() and os.sep in str(name):
-            raise FileNotFoundError(f"model folder not found: {name}")
-        model = AutoModel.from_pretrained(name).eval().to(resolve_device(device))
+        model, _, _ = load_affect_model(name, device)
         with warnings.catch_warnings():  # a task without labels warns in the metric: it is reported below instead
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
@@ -199,8 +196,7 @@ def _confusion(scores: np.ndarray, labels: np.ndarray, classes, path: Path) -> P
 def _expression_confidence(scores: np.ndarray, classes, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    probabilities = np.exp(scores - scores.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = torch.from_numpy(scores).softmax(-1).numpy()
     figure, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     axes[0].hist(probabilities.max(1), bins=30, range=(0, 1), color="tab:blue")
     axes[0].set_xlabel("probability of the predicted expression")

@@ -8,10 +8,9 @@ thresholds. Finding and aligning faces in whole pictures is the installed packag
 
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from transformers import AutoModel, Pipeline
+from transformers.image_transforms import to_pil_image
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -69,8 +68,8 @@ class AffectAnalysisPipeline(Pipeline):
         return ({"timeout": timeout} if timeout is not None else {}), {}, {}
 
     def preprocess(self, image, timeout: float | None = None):
-        if isinstance(image, np.ndarray):  # load_image takes paths, URLs and PIL images
-            image = PIL.Image.fromarray(image)
+        if hasattr(image, "shape"):  # an array: load_image takes paths, URLs and PIL images
+            image = to_pil_image(image)
         inputs = self.image_processor(images=load_image(image, timeout=timeout), return_tensors="pt")
         return inputs.to(self.dtype)
 

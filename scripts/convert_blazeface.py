@@ -9,7 +9,6 @@ and prints the largest difference of each output. The `.tflite` file is in media
 """
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 from affect_hf.faces.blazeface import BLOCKS, BlazeFace
 from affect_hf.faces.detection import BLAZEFACE_WEIGHTS
+from affect_hf.files import file_sha256
 
 
 def tflite_constants(path: Path) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def main() -> None:
     state_dict = torch_state_dict(tflite_constants(arguments.tflite_file))
     if arguments.check:
         check_against_tflite(arguments.tflite_file, state_dict)
-    source_sha256 = hashlib.sha256(arguments.tflite_file.read_bytes()).hexdigest()
+    source_sha256 = file_sha256(arguments.tflite_file)
     metadata = {"source": arguments.tflite_file.name, "source_sha256": source_sha256, "license": "Apache-2.0"}
     save_file({name: tensor.contiguous() for name, tensor in state_dict.items()}, arguments.output, metadata)
     print(f"wrote {arguments.output} ({sum(t.numel() for t in state_dict.values())} parameters)")

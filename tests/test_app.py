@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage.data import astronaut
 
 import affect_hf
 from affect_hf.hub import save_model_folder
-from modeling import EmmaForAffectAnalysis
-from tests.test_modeling import tiny_emma_config
+from tests.test_modeling import tiny_emma_with_visible_heads
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -33,11 +31,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def emma_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
-    with torch.no_grad():
-        for parameter in model.head.parameters():
-            parameter.mul_(8)
+    model = tiny_emma_with_visible_heads()
     return save_model_folder(model, tmp_path_factory.mktemp("app") / "emma")
 
 

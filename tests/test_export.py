@@ -22,7 +22,7 @@ from modeling import (
     DanForImageClassification,
     EmmaForAffectAnalysis,
 )
-from tests.test_modeling import IMAGE_SIZE, TINY_CNN, tiny_emma_config
+from tests.test_modeling import IMAGE_SIZE, TINY_CNN, tiny_emma_config, tiny_emma_with_visible_heads
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,7 @@ def faces(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emma(tmp_path_factory, faces):
-    torch.manual_seed(0)
-    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
-    with torch.no_grad():  # decisions that do not hang on rounding: outputs at a visible scale
-        for parameter in model.head.parameters():
-            parameter.mul_(8)
+    model = tiny_emma_with_visible_heads()
     folder = save_model_folder(model, tmp_path_factory.mktemp("emma") / "emma")
     record = export_onnx(folder, folder / "onnx", quantize="dynamic", validation_dir=faces, max_images=96)
     return model, folder, record

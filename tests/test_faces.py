@@ -24,9 +24,8 @@ from affect_hf.faces import (
 )
 from affect_hf.hub import save_model_folder
 from affect_hf.inference.analysis import NotAnAffectModelError, load_affect_model
-from modeling import EmmaForAffectAnalysis
 from modeling.pipeline_affect import affect_scores, describe
-from tests.test_modeling import TINY_VIT, tiny_emma_config
+from tests.test_modeling import TINY_VIT, tiny_emma_with_visible_heads
 
 
 PHOTO = astronaut()  # 512 x 512, one frontal face
@@ -158,11 +157,7 @@ def test_alignment_warps_the_right_way_round():
 
 @pytest.fixture(scope="module")
 def emma_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
-    with torch.no_grad():  # the shared head at a visible scale, so outputs differ between faces
-        for parameter in model.head.parameters():
-            parameter.mul_(8)
+    model = tiny_emma_with_visible_heads()
     return model, save_model_folder(model, tmp_path_factory.mktemp("faces") / "emma")
 
 

@@ -41,6 +41,17 @@ def tiny_emma_config(**overrides) -> EmmaConfig:
     return EmmaConfig(**fields)
 
 
+def tiny_emma_with_visible_heads(seed: int = 0, **overrides) -> EmmaForAffectAnalysis:
+    """A tiny EMMA in eval mode whose shared head is scaled up, so that its outputs differ visibly between faces
+    and frames (a fresh head's scores all sit near chance) and its decisions do not hang on rounding."""
+    torch.manual_seed(seed)
+    model = EmmaForAffectAnalysis(tiny_emma_config(**overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.head.parameters():
+            parameter.mul_(8)
+    return model
+
+
 def labelled_batch(batch_size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {

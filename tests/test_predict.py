@@ -25,8 +25,7 @@ from affect_hf.inference.smoothing import ExponentialSmoother
 from affect_hf.inference.table import read_table
 from affect_hf.inference.tracking import FaceTracker
 from affect_hf.inference.video import predict
-from modeling import EmmaForAffectAnalysis
-from tests.test_modeling import tiny_emma_config
+from tests.test_modeling import tiny_emma_with_visible_heads
 
 
 FACE = astronaut()[40:300, 110:350]  # the photo's face, cropped close
@@ -36,11 +35,7 @@ EXPRESSION_COLUMNS = [f"expression_{name}" for name in ("Neutral", "Anger", "Hap
 
 @pytest.fixture(scope="module")
 def emma_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = EmmaForAffectAnalysis(tiny_emma_config()).eval()
-    with torch.no_grad():  # a visible scale, so outputs move from frame to frame
-        for parameter in model.head.parameters():
-            parameter.mul_(8)
+    model = tiny_emma_with_visible_heads()
     return save_model_folder(model, tmp_path_factory.mktemp("predict") / "emma")
 
 

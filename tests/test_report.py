@@ -15,8 +15,8 @@ from affect_hf.hub import save_model_folder
 from affect_hf.metrics import abaw_mtl_score
 from affect_hf.report import evaluate_models
 from affect_hf.training.presets import COTEX_PRESETS
-from modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
-from tests.test_modeling import tiny_emma_config
+from modeling import CotexConfig, CotexForImageClassification
+from tests.test_modeling import tiny_emma_with_visible_heads
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,7 @@ def mtl_root(tmp_path_factory):
 def emma_folders(tmp_path_factory):
     folders = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = EmmaForAffectAnalysis(tiny_emma_config(au_thresholds=[0.4] * 12)).eval()
-        with torch.no_grad():
-            for parameter in model.head.parameters():
-                parameter.mul_(8)
+        model = tiny_emma_with_visible_heads(seed, au_thresholds=[0.4] * 12)
         folders.append((model, save_model_folder(model, tmp_path_factory.mktemp("emma") / f"emma{seed}")))
     return folders
 
