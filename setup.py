@@ -1,20 +1,27 @@
 from setuptools import find_packages, setup
 
 
+# One installed name, `affect_hf`. The repository keeps the model code and the card templates at its top level (the
+# model code travels to the Hub flat, beside the weights); they are installed inside the package.
+MAPPED_PACKAGES = {"affect_hf.modeling": "modeling", "affect_hf.model_cards": "model_cards"}
+
 setup(
     name="affect-hf",
     version="0.1.0",
     description="Facial affect analysis (valence/arousal, expressions, action units) on the Hugging Face stack",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license_expression="Apache-2.0",
+    license_files=["LICENSE", "NOTICE"],
     python_requires=">=3.10",
-    packages=find_packages(include=["affect_hf", "affect_hf.*", "modeling", "model_cards"]),
+    # find_packages does not see mapped packages: they are listed.
+    packages=[*find_packages(include=["affect_hf", "affect_hf.*"]), *MAPPED_PACKAGES],
+    package_dir=MAPPED_PACKAGES,
     package_data={
-        "model_cards": ["*.md"],
+        "affect_hf.model_cards": ["*.md"],
         "affect_hf.metrics": ["abaw_mtl/*.py"],
         # MediaPipe's BlazeFace weights (Apache-2.0), converted by scripts/convert_blazeface.py; see NOTICE.
-        "affect_hf.faces": ["*.safetensors", "NOTICE"],
+        "affect_hf.faces": ["*.safetensors"],
     },
     install_requires=[
         # torch: install the build for your machine first (see README); any 2.4+ works.
@@ -56,6 +63,8 @@ setup(
             "gradio>=5.0",
             # drives Debian's chromium (and chromium-driver) in the app's browser test
             "selenium>=4.10",
+            # the packaging test builds the wheel offline (bdist_wheel is part of setuptools since 70.1)
+            "setuptools>=77",
         ],
     },
     entry_points={"console_scripts": ["affect-hf=affect_hf.cli:main"]},

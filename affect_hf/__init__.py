@@ -1,12 +1,17 @@
 """affect-hf: facial affect analysis (valence/arousal, expressions, action units) on the Hugging Face stack.
 
+- `affect_hf.analyze(inputs, model=...)`: every face of pictures, folders and videos as a pandas DataFrame (one row
+  per frame x face: the table `affect-hf predict` writes); `iter_analyze` gives it batch by batch.
+- `affect_hf.pipeline(model)`: a loaded analyzer; `analyzer(picture)` gives one dict per face.
+- `affect_hf.load_affect_model(name, backend=..., device=...)`: the one way in to EMMA, CoTEX and DAN.
+
 Importing the package registers the model classes with transformers' Auto factories, so that
 `AutoModel.from_pretrained(folder)` works without `trust_remote_code` where this package is installed.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from modeling import (
+from .modeling import (
     CotexConfig,
     CotexForImageClassification,
     DanConfig,
@@ -29,7 +34,9 @@ for _config_class, _model_class in _MODEL_FAMILIES:
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
 
-from .inference.analysis import pipeline  # noqa: E402  (loads models through the registrations above)
+# These load models through the registrations above.
+from .inference import FaceResult, analyze, iter_analyze, pipeline  # noqa: E402
+from .models import load_affect_model, resolve_device  # noqa: E402
 
 
 __all__ = [
@@ -39,7 +46,12 @@ __all__ = [
     "DanForImageClassification",
     "EmmaConfig",
     "EmmaForAffectAnalysis",
+    "FaceResult",
     "MaeViTModel",
     "__version__",
+    "analyze",
+    "iter_analyze",
+    "load_affect_model",
     "pipeline",
+    "resolve_device",
 ]

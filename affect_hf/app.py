@@ -18,70 +18,22 @@ import PIL.Image
 import torch
 
 from .inference.analysis import FaceAffectAnalyzer
-from .inference.media import Frame, is_video, read_still_image
+from .inference.media import is_video, read_still_image
 from .inference.overlay import draw_faces
-from .inference.video import frame_rows, predict
+from .inference.predict import predict
+from .inference.results import frame_rows
+from .plots import faces_figure
 
 
 def analyse_image(analyzer: FaceAffectAnalyzer, image: np.ndarray) -> tuple[PIL.Image.Image, list[dict], Any]:
     """The annotated picture, one table row per face (the `affect-hf predict` schema) and the figure."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
-    [analysis] = analyzer.analyze([tensor])
-    faces = len(analysis.faces)
-    scores = [{name: value[i : i + 1] for name, value in analysis.scores.items()} for i in range(faces)]
-    rows = frame_rows(Frame("image", 0, None, tensor), analysis, list(range(faces)), scores, analyzer.config)
-    rows = [row for row in rows if row.get("face_id") is not None]
-    annotated = draw_faces(PIL.Image.fromarray(np.ascontiguousarray(image[..., :3])), rows)
-    return annotated, rows, face_figure(rows, analyzer.config)
+    import pandas as pd
 
-
-def face_figure(rows: list[dict], config: Any):
-    """Per face: the circumplex point, the expression probabilities and the AU probabilities (active in red)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [config.id2label[i] for i in range(len(config.id2label))]
-    au_names = list(getattr(config, "au_names", ()))
-    has_va = bool(rows) and "valence" in rows[0]
-    columns = 1 + has_va + bool(au_names)
-    figure, axes = plt.subplots(max(len(rows), 1), columns, figsize=(4.2 * columns, 3.4 * max(len(rows), 1)),
-                                squeeze=False)  # fmt: skip
-    if not rows:
-        axes[0, 0].text(0.5, 0.5, "no face found", ha="center", va="center", fontsize=14)
-        axes[0, 0].set_axis_off()
-    for row, face_axes in zip(rows, axes, strict=False):
-        column = 0
-        if has_va:
-            axis = face_axes[column]
-            axis.add_patch(plt.Circle((0, 0), 1, fill=False, color="grey"))
-            axis.axhline(0, color="grey", linewidth=0.5)
-            axis.axvline(0, color="grey", linewidth=0.5)
-            axis.scatter([row["valence"]], [row["arousal"]], s=80, color="tab:red")
-            axis.set_xlim(-1.1, 1.1)
-            axis.set_ylim(-1.1, 1.1)
-            axis.set_aspect("equal")
-            axis.set_xlabel("valence")
-            axis.set_ylabel("arousal")
-            axis.set_title(f"face {row['face_id']}: V {row['valence']:+.2f}, A {row['arousal']:+.2f}", fontsize=9)
-            column += 1
-        axis = face_axes[column]
-        axis.barh(labels, [row[f"expression_{label}"] for label in labels], color="tab:blue")
-        axis.set_xlim(0, 1)
-        axis.invert_yaxis()
-        axis.set_title(f"expression: {row['expression']}", fontsize=9)
-        column += 1
-        if au_names:
-            axis = face_axes[column]
-            probabilities = [row[f"{name}_probability"] for name in au_names]
-            colours = ["tab:red" if row[name] else "tab:grey" for name in au_names]
-            axis.barh(au_names, probabilities, color=colours)
-            axis.set_xlim(0, 1)
-            axis.invert_yaxis()
-            axis.set_title("action units (red: active)", fontsize=9)
-    figure.tight_layout()
-    return figure
+    pixels = np.ascontiguousarray(image[..., :3])
+    [faces] = analyzer.analyze_images([torch.from_numpy(pixels).permute(2, 0, 1)])
+    rows = frame_rows("<image 0>", 0, None, faces) if faces else []
+    annotated = draw_faces(PIL.Image.fromarray(pixels), faces)
+    return annotated, rows, faces_figure(pd.DataFrame(rows, columns=["face_id"] if not rows else None))
 
 
 def analyse_video(
@@ -89,8 +41,7 @@ def analyse_video(
 ) -> tuple[Path, list[Path], str]:
     """The table (CSV), the plots and a notice (how much was analysed, and whether the video was cut)."""
     output = folder / f"{Path(path).stem}_affect.csv"
-    summary = predict([path], "", output, progress=False, analyzer=analyzer, plots_dir=folder / "plots",
-                      max_seconds=max_seconds)  # fmt: skip
+    summary = predict([path], analyzer, output, progress=False, plots_dir=folder / "plots", max_seconds=max_seconds)
     notice = f"{summary.frames} frames, {summary.faces} faces, {summary.frames_without_face} frames without a face."
     if summary.media.cut_at_seconds:
         notice += f" The video was cut at {max_seconds:g} s (the limit of this page)."

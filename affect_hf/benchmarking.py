@@ -1,26 +1,43 @@
-"""Measuring speed and memory honestly: this machine's matmul peak, FLOPs counted on real passes, per-phase peak
-memory, and each recipe's training step timed through the training loop's own code (`TrainingStep`).
+"""Benchmark a recipe's model: inference and the training loop's own step, throughput, memory, FLOPs, fraction of
+peak; for EMMA also `affect-hf predict` end to end and the inference backends. `scripts/benchmark.py` runs `main`
+(`python scripts/benchmark.py --help` lists the options).
 
-Used by `scripts/benchmark.py`; nothing here asserts a timing.
+Why each piece:
+- The matmul peak is measured, not looked up: "fraction of peak" is only meaningful against what this machine (its
+  threads, its BLAS, its bf16 support) actually sustains.
+- FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on a real forward (and the real training step),
+  so the count follows the model code; the CPU flash-attention ops, which that counter does not know, are added.
+- Training is timed through the loop's `TrainingStep` under Accelerate (the recipe's optimiser groups, betas and
+  clipping; bf16 through Accelerate's autocast): the same code path as `scripts/train.py`.
+- Throughput is the median over timed iterations after warm-up (oneDNN and cuBLAS pick kernels on first use).
+- Memory: on CUDA `torch.cuda.max_memory_allocated` (tensors only); on CPU the process's resident-set high-water
+  mark, reset per phase where Linux allows it.
+Nothing here asserts a timing: the figures are for the project's notes, not a test.
 """
 
+import argparse
 import copy
 import gc
+import json
+import os
 import platform
 import resource
+import statistics
+import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .training.arguments import TrainingArguments
-from .training.optimization import build_schedule
-from .training.recipes import Recipe, get_recipe
-from .training.step import TrainingStep
+from .training import RECIPE_NAMES, TrainingArguments, TrainingStep, build_schedule, get_recipe
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -168,7 +185,7 @@ def count_flops(run: Callable[[], None], batch_size: int) -> tuple[float, dict[s
     return counter.get_total_flops() / batch_size, per_op
 
 
-def benchmark_recipe(recipe_name: str, preset: str, **recipe_options) -> Recipe:
+def benchmark_recipe(recipe_name: str, preset: str, **recipe_options) -> Any:
     """The recipe as training builds it, at a model preset, without data (`data_dir` is not read)."""
     recipe_class = get_recipe(recipe_name)
     recipe_args = recipe_class.arguments_class(data_dir="<benchmark>", model_config=preset, **recipe_options)
@@ -182,7 +199,7 @@ class LoopTrainingStep:
     gradient clipping are the recipe's.
     """
 
-    def __init__(self, recipe: Recipe, model: torch.nn.Module, dtype: str, device: torch.device):
+    def __init__(self, recipe: Any, model: torch.nn.Module, dtype: str, device: torch.device):
         AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(
             mixed_precision=MIXED_PRECISION[dtype], cpu=device.type == "cpu", step_scheduler_with_optimizer=False
@@ -201,3 +218,506 @@ class LoopTrainingStep:
         del self.model, self.step
         AcceleratorState._reset_state(reset_partial_state=True)
         gc.collect()
+
+
+# Recipes whose model drops patches in training, so that a step's cost depends on the mask ratio.
+MASKED_RECIPES = ("mae", "cotex")
+
+
+def attention_implementation(model: torch.nn.Module) -> dict:
+    """What the model's ViT reads at call time (EMMA's `vit`, MAE's `vit`, CoTEX's first view); none for a CNN."""
+    vit = getattr(model, "vit", None) or (model.views[0] if hasattr(model, "views") else None)
+    return {"vit": vit.config._attn_implementation if vit is not None else None}
+
+
+def cnn_memory_format(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict:
+    """Whether EMMA's CNN's first convolution sees and produces channels_last tensors (the model converts no input)."""
+    cnn = getattr(model, "cnn", None)
+    if cnn is None:
+        return {}
+    first_conv = next(module for module in cnn.modules() if isinstance(module, torch.nn.Conv2d))
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["input_channels_last"] = inputs[0].is_contiguous(memory_format=torch.channels_last)
+        seen["output_channels_last"] = output.is_contiguous(memory_format=torch.channels_last)
+
+    handle = first_conv.register_forward_hook(hook)
+    with torch.inference_mode():
+        model(pixel_values[:1])
+    handle.remove()
+    return seen
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast (matmuls and convolutions in bf16, reductions in fp32); fp32 runs without autocast."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+
+def make_batch(recipe, model, batch_size: int, device: torch.device) -> dict:
+    batch = recipe.example_batch(model, batch_size, torch.Generator().manual_seed(0))
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def build_model(recipe, device: torch.device) -> torch.nn.Module:
+    """The recipe's model as training builds it (EMMA's CNN in channels_last), on `device`, in eval mode."""
+    return recipe.build_model().to(device).eval()
+
+
+def benchmark_inference(
+    model, pixel_values, dtype_name: str, device: torch.device, args
+) -> tuple[list[float], PeakMemory]:
+    """Eval-mode forward under inference_mode."""
+
+    def step() -> None:
+        with torch.inference_mode(), autocast(device, DTYPES[dtype_name]):
+            model(pixel_values)
+
+    with PeakMemory(device) as memory:
+        times = time_steps(step, device, args.warmup, args.steps, args.min_time, args.max_steps)
+    return times, memory
+
+
+def benchmark_training(
+    recipe, model, batch, dtype_name: str, device: torch.device, args
+) -> tuple[list[float], PeakMemory]:
+    """The loop's training step (forward, backward, clipping, AdamW, schedule) under Accelerate."""
+    with PeakMemory(device) as memory:
+        step = LoopTrainingStep(recipe, model, dtype_name, device)
+        times = time_steps(lambda: step(batch), device, args.warmup, args.steps, args.min_time, args.max_steps)
+        step.close()
+    return times, memory
+
+
+def benchmark_end_to_end(model, device: torch.device, args, inference_flops: float, peak: dict) -> list[dict]:
+    """`affect-hf predict`'s own code (decode + detect + align + model, rows to Parquet) on a generated video of two
+    moving faces and on one 4x longer, then the detector alone and the model alone on the short video's frames and
+    faces: how much of the model's rate survives end to end, and whether memory stays flat with video length."""
+    import tempfile
+
+    from skimage.data import astronaut  # the real face photo the video is made of (a dev dependency)
+
+    from .data.synthetic_video import write_face_video
+    from .faces import BlazeFaceDetector, align_faces
+    from .inference import FaceAffectAnalyzer, predict
+
+    face = astronaut()[40:300, 110:350]
+    detector = BlazeFaceDetector(device)
+    analyzer = FaceAffectAnalyzer(model, detector, batch_size=2 * args.video_batch_size)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        videos = {
+            label: write_face_video(folder / f"{frames}.mp4", face, num_frames=frames, fps=25, size=(640, 360))
+            for label, frames in (("short", args.video_frames), ("4x longer", 4 * args.video_frames))
+        }
+        short = videos["short"]
+        # Warm-up (oneDNN picks its kernels on first use), untimed.
+        predict([short], analyzer, folder / "warmup.parquet", batch_size=args.video_batch_size, progress=False)
+        for label, video in videos.items():
+            with PeakMemory(device) as memory:
+                summary = predict(
+                    [video], analyzer, folder / "rows.parquet", batch_size=args.video_batch_size, progress=False
+                )
+            rows.append({
+                "phase": f"end-to-end, {label} video", "frames": summary.frames, "faces": summary.faces,
+                "frames_per_s": summary.frames_per_second, "peak_memory_gib": memory.peak_bytes / 2**30,
+                "memory_before_gib": memory.before_bytes / 2**30,
+            })  # fmt: skip
+            print(f"  done: {rows[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
+
+        import av
+
+        with av.open(str(short)) as container:
+            images = [
+                torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in container.decode(video=0)
+            ]
+        batches = [images[i : i + args.video_batch_size] for i in range(0, len(images), args.video_batch_size)]
+        detections = [d for batch in batches for d in detector(batch)]
+        tick = time.perf_counter()
+        for batch in batches:
+            detector(batch)
+        detector_seconds = time.perf_counter() - tick
+        crops = torch.cat([
+            align_faces(image.to(device), faces.landmarks, model.config.image_size)
+            for image, faces in zip(images, detections, strict=True)
+        ])  # fmt: skip
+        pixel_values = analyzer.normalise(crops)
+        faces_per_batch = 2 * args.video_batch_size
+        tick = time.perf_counter()
+        with torch.inference_mode():
+            for start in range(0, len(pixel_values), faces_per_batch):
+                model(pixel_values[start : start + faces_per_batch])
+        synchronize(device)
+        model_seconds = time.perf_counter() - tick
+    model_rate = len(images) / model_seconds
+    rows.append({"phase": "detector alone (same frames)", "frames": len(images), "faces": len(crops),
+                 "frames_per_s": len(images) / detector_seconds})  # fmt: skip
+    rows.append({"phase": "model alone (same faces)", "frames": len(images), "faces": len(crops),
+                 "frames_per_s": model_rate})  # fmt: skip
+    for row in rows:
+        row["fraction_of_model_rate"] = row["frames_per_s"] / model_rate
+        faces_per_s = row["frames_per_s"] * row["faces"] / max(row["frames"], 1)
+        if row["phase"] != "detector alone (same frames)":
+            row["model_fraction_of_fp32_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
+    return rows
+
+
+BACKENDS = ("torch", "compile", "onnx", "onnx-int8")
+
+
+def int8_matmul_peak(sizes: tuple[int, ...], min_time_s: float) -> dict:
+    """The int8 x int8 -> int32 matmul rate ONNX Runtime sustains here (MatMulInteger, the op dynamic int8 models
+    run), in multiply-adds x 2 per second: the peak that int8 rows are a fraction of."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    best = {"flops_per_s": 0.0, "best_size": None, "source": "onnxruntime MatMulInteger (uint8 x int8)"}
+    for size in sizes:
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_matmul",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+             helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
+            [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        with tempfile.NamedTemporaryFile(suffix=".onnx") as handle:
+            onnx.save(model, handle.name)
+            session = ort.InferenceSession(handle.name, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        inputs = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8),
+                  "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}  # fmt: skip
+        times = time_steps(partial(session.run, None, inputs), torch.device("cpu"), 1, None, min_time_s, 50)
+        rate = 2 * size**3 / statistics.median(times)
+        if rate > best["flops_per_s"]:
+            best.update(flops_per_s=rate, best_size=size)
+    return best
+
+
+def benchmark_backends(model, recipe, device: torch.device, args, inference_flops: float, report: dict) -> list[dict]:
+    """Inference of the same inputs through torch fp32, `torch.compile`, ONNX Runtime fp32 and int8 (dynamic),
+    each as images/s and as a fraction of the measured peak of its precision. The ONNX files come from
+    `affect-hf export onnx` itself (its parity check included)."""
+    import tempfile
+
+    from .export import export_onnx
+    from .hub import save_model_folder
+    from .models import OnnxAffectModel
+
+    rows = []
+    runners, records = {}, {}
+    workspace = tempfile.TemporaryDirectory(prefix="affect-hf-bench-")
+    folder = Path(workspace.name)
+    if "torch" in args.backends:
+        runners["torch"] = model
+    if "compile" in args.backends:
+        runners["compile"] = torch.compile(model)
+    if {"onnx", "onnx-int8"} & set(args.backends):
+        save_model_folder(model, folder / "model")
+        records["export"] = export_onnx(folder / "model", folder / "onnx", quantize="dynamic")
+        if "onnx" in args.backends:
+            runners["onnx"] = OnnxAffectModel(folder / "onnx")
+        if "onnx-int8" in args.backends:
+            runners["onnx-int8"] = OnnxAffectModel(folder / "onnx", int8=True)
+            report["peak"].setdefault("int8", int8_matmul_peak(args.int8_matmul_sizes, args.matmul_time))
+    fp32_peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, (1024, 2048), args.matmul_time)
+    for batch_size in args.inference_batch_sizes:
+        pixel_values = make_batch(recipe, model, batch_size, device)["pixel_values"]
+        for name, runner in runners.items():
+
+            def step(runner=runner, pixel_values=pixel_values) -> None:
+                with torch.inference_mode():
+                    runner(pixel_values=pixel_values)
+
+            try:
+                with PeakMemory(device) as memory:
+                    times = time_steps(step, device, max(args.warmup, 1), args.steps, args.min_time, args.max_steps)
+            except Exception as error:  # noqa: BLE001  (e.g. torch.compile without a C++ compiler: say so, go on)
+                rows.append({"backend": name, "batch_size": batch_size, "error": f"{type(error).__name__}: {error}"})
+                continue
+            images_per_s = batch_size / statistics.median(times)
+            peak = report["peak"]["int8"] if name == "onnx-int8" else fp32_peak
+            rows.append({
+                "backend": name, "batch_size": batch_size, "timed_steps": len(times), "images_per_s": images_per_s,
+                "fraction_of_peak": images_per_s * inference_flops / peak["flops_per_s"],
+                "peak_precision": "int8" if name == "onnx-int8" else "fp32",
+                "peak_memory_gib": memory.peak_bytes / 2**30,
+            })  # fmt: skip
+            print(f"  done: backend {name} batch {batch_size}: {images_per_s:.2f} images/s", file=sys.stderr)
+    for row in rows:
+        reference = next((r for r in rows if r["backend"] == "torch" and r["batch_size"] == row["batch_size"]), None)
+        if reference and "images_per_s" in row and "images_per_s" in reference:
+            row["speedup_over_torch_fp32"] = row["images_per_s"] / reference["images_per_s"]
+    if records:
+        report["onnx_parity_max_abs_difference"] = records["export"]["parity_max_abs_difference"]
+    runners.clear()
+    workspace.cleanup()
+    return rows
+
+
+def training_flops(recipe, model, batch, device: torch.device) -> tuple[float, dict[str, int]]:
+    """FLOPs per image of one training step (fp32; the frozen CNN runs forward only, as in the model)."""
+    step = LoopTrainingStep(recipe, model, "fp32", device)
+    flops = count_flops(lambda: step(batch), len(batch["pixel_values"]))
+    step.close()
+    return flops
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every measurement of one invocation, as a JSON-ready dict."""
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    dtype_names = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
+    sizes = tuple(args.matmul_sizes or ((2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)))
+
+    report: dict = {
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "num_threads": torch.get_num_threads(),
+            "recipe": args.recipe,
+            "preset": args.preset,
+            # Other processes on the same cores slow every phase: the load average tells whether the run had them.
+            "loadavg_start": os.getloadavg(),
+        },
+        "peak": {},
+        "results": [],
+        "notes": [],
+    }
+    for name in dtype_names:
+        report["peak"][name] = matmul_peak(DTYPES[name], device, sizes, args.matmul_time)
+
+    recipe = benchmark_recipe(args.recipe, args.preset)
+    model = build_model(recipe, device)
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    report["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    report["attention"] = attention_implementation(model)
+    flop_batch = make_batch(recipe, model, 2, device)
+    report["cnn_memory_format"] = cnn_memory_format(model, flop_batch["pixel_values"])
+
+    def inference() -> None:
+        with torch.inference_mode():
+            model(flop_batch["pixel_values"])
+
+    inference_flops, inference_ops = count_flops(inference, 2)
+    report["flops_per_image"] = {"inference": inference_flops}
+    report["flop_ops"] = {"inference": inference_ops}
+    report["attention"]["sdpa_ops_seen"] = sorted(op for op in inference_ops if "scaled_dot_product" in op)
+
+    for batch_size in args.inference_batch_sizes:
+        pixel_values = make_batch(recipe, model, batch_size, device)["pixel_values"]
+        for name in dtype_names:
+            times, memory = benchmark_inference(model, pixel_values, name, device, args)
+            report["results"].append(result_row("inference", name, batch_size, times, memory, inference_flops, report))
+
+    report["backends"] = []
+    if args.backends:
+        if args.recipe != "emma":
+            raise SystemExit("--backends compares EMMA's inference: use --recipe emma")
+        report["backends"] = benchmark_backends(model, recipe, device, args, inference_flops, report)
+
+    report["end_to_end"] = []
+    if args.recipe == "emma" and args.video_frames:
+        peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, sizes, args.matmul_time)
+        report["end_to_end"] = benchmark_end_to_end(model, device, args, inference_flops, peak)
+
+    mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
+    for mask_ratio in mask_ratios:
+        train_recipe = (
+            recipe if mask_ratio is None else benchmark_recipe(args.recipe, args.preset, mask_ratio=mask_ratio)
+        )
+        train_model = model if mask_ratio is None else build_model(train_recipe, device)
+        phase = "training" if mask_ratio is None else f"training mask {mask_ratio:g}"
+        flops, ops = training_flops(train_recipe, train_model, make_batch(train_recipe, train_model, 2, device), device)
+        report["flops_per_image"][phase], report["flop_ops"][phase] = flops, ops
+        batch = make_batch(train_recipe, train_model, args.train_batch_size, device)
+        for name in dtype_names:
+            times, memory = benchmark_training(train_recipe, train_model, batch, name, device, args)
+            report["results"].append(result_row(phase, name, args.train_batch_size, times, memory, flops, report))
+
+    report["speedup_bf16_over_fp32"] = speedups(report["results"])
+    report["speedup_over_first_mask_ratio"] = mask_speedups(report["results"])
+    if report["attention"]["vit"] not in (None, "sdpa") or (
+        report["attention"]["vit"] and not report["attention"]["sdpa_ops_seen"]
+    ):
+        report["notes"].append("the ViT does not run sdpa attention")
+    if report["cnn_memory_format"] and not report["cnn_memory_format"].get("input_channels_last"):
+        report["notes"].append(
+            "the model does not convert pixel_values to channels_last; the CNN's channels_last weights make its "
+            f"first convolution output channels_last: {report['cnn_memory_format'].get('output_channels_last')}"
+        )
+    if device.type == "cpu":
+        report["notes"].append(
+            "CPU memory is the process resident set: interpreter, libraries, weights, activations, optimiser state "
+            "and allocator caches; 'before' is the resident set at the start of the phase"
+        )
+    report["environment"]["loadavg_end"] = os.getloadavg()
+    report["total_seconds"] = time.perf_counter() - started
+    return report
+
+
+def result_row(phase: str, dtype: str, batch_size: int, times: list[float], memory, flops: float, report) -> dict:
+    median = statistics.median(times)
+    images_per_s = batch_size / median
+    achieved = flops * images_per_s
+    print(f"  done: {phase} {dtype} batch {batch_size}: {images_per_s:.2f} images/s", file=sys.stderr)
+    return {
+        "phase": phase,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "timed_steps": len(times),
+        "median_s": median,
+        "best_s": min(times),
+        "images_per_s": images_per_s,
+        "achieved_tflops": achieved / 1e12,
+        "fraction_of_peak": achieved / report["peak"][dtype]["flops_per_s"],
+        "memory_before_gib": memory.before_bytes / 2**30,
+        "peak_memory_gib": memory.peak_bytes / 2**30,
+        "memory_source": memory.source,
+    }
+
+
+def speedups(results: list[dict]) -> dict[str, float]:
+    """bf16 / fp32 images-per-second ratio for each phase and batch size measured in both dtypes."""
+    rates = {(r["phase"], r["batch_size"], r["dtype"]): r["images_per_s"] for r in results}
+    return {
+        f"{phase}_batch{batch_size}": rates[(phase, batch_size, "bf16")] / rates[(phase, batch_size, "fp32")]
+        for phase, batch_size, dtype in rates
+        if dtype == "fp32" and (phase, batch_size, "bf16") in rates
+    }
+
+
+def mask_speedups(results: list[dict]) -> dict[str, float]:
+    """Training images/s at each mask ratio over the first ratio's, per dtype (how much cheaper a masked step is)."""
+    masked = [r for r in results if r["phase"].startswith("training mask ")]
+    ratios = {}
+    for row in masked:
+        first = next(r for r in masked if r["dtype"] == row["dtype"])
+        if row is not first:
+            ratios[f"{row['phase']} / {first['phase']} ({row['dtype']})"] = row["images_per_s"] / first["images_per_s"]
+    return ratios
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of the report."""
+    env = report["environment"]
+    lines = [
+        f"{env['recipe']} benchmark: preset {env['preset']}, {env['device']} ({env['cpu_capability']}), "
+        f"{env['num_threads']} threads, torch {env['torch']}, transformers {env['transformers']}",
+        f"parameters: {report['parameters'] / 1e6:.1f} M ({report['trainable_parameters'] / 1e6:.1f} M trained); "
+        f"attention: {report['attention']}",
+        f"CNN first conv channels_last: {report['cnn_memory_format']}",
+        "matmul peak: "
+        + ", ".join(
+            f"{name} {peak['flops_per_s'] / 1e12:.3f} T{'OP' if name == 'int8' else 'FLOP'}/s (n={peak['best_size']})"
+            for name, peak in report["peak"].items()
+        ),
+        "FLOPs per image: "
+        + ", ".join(f"{phase} {flops / 1e9:.2f} G" for phase, flops in report["flops_per_image"].items()),
+        "",
+        f"{'phase':<18} {'dtype':<5} {'batch':>5} {'steps':>5} {'s/step':>8} {'img/s':>8} "
+        f"{'TFLOP/s':>8} {'% peak':>7} {'mem GiB':>8} {'(before)':>9}",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"{r['phase']:<18} {r['dtype']:<5} {r['batch_size']:>5} {r['timed_steps']:>5} {r['median_s']:>8.3f} "
+            f"{r['images_per_s']:>8.2f} {r['achieved_tflops']:>8.3f} {100 * r['fraction_of_peak']:>6.1f}% "
+            f"{r['peak_memory_gib']:>8.2f} {r['memory_before_gib']:>9.2f}"
+        )
+    for title, key in (
+        ("bf16 / fp32 speed-up", "speedup_bf16_over_fp32"),
+        ("mask ratio speed-up", "speedup_over_first_mask_ratio"),
+    ):
+        if report[key]:
+            lines += ["", f"{title}: " + ", ".join(f"{name} {value:.2f}x" for name, value in report[key].items())]
+    if report["backends"]:
+        lines += ["", f"{'backend':<10} {'batch':>5} {'img/s':>8} {'vs torch':>8} {'% peak':>7} (of)   {'mem GiB':>8}"]
+        for r in report["backends"]:
+            if "error" in r:
+                lines.append(f"{r['backend']:<10} {r['batch_size']:>5} unavailable: {r['error'][:90]}")
+                continue
+            lines.append(
+                f"{r['backend']:<10} {r['batch_size']:>5} {r['images_per_s']:>8.2f} "
+                f"{r.get('speedup_over_torch_fp32', float('nan')):>7.2f}x {100 * r['fraction_of_peak']:>6.1f}% "
+                f"({r['peak_precision']}) {r['peak_memory_gib']:>8.2f}"
+            )
+    if report["end_to_end"]:
+        lines += ["", f"{'end to end (fp32)':<32} {'frames':>6} {'faces':>6} {'frames/s':>9} {'of model':>9} "
+                  f"{'% peak':>7} {'mem GiB':>8}"]  # fmt: skip
+        for r in report["end_to_end"]:
+            peak_share = (
+                f"{100 * r['model_fraction_of_fp32_peak']:>6.1f}%" if "model_fraction_of_fp32_peak" in r else ""
+            )
+            memory = f"{r['peak_memory_gib']:>8.2f}" if "peak_memory_gib" in r else ""
+            lines.append(
+                f"{r['phase']:<32} {r['frames']:>6} {r['faces']:>6} {r['frames_per_s']:>9.2f} "
+                f"{100 * r['fraction_of_model_rate']:>8.1f}% {peak_share:>7} {memory:>8}"
+            )
+    lines += [f"note: {note}" for note in report["notes"]]
+    lines.append(
+        f"memory: {report['results'][0]['memory_source']}; total run {report['total_seconds']:.0f} s; load average "
+        f"(1/5/15 min) at start {env['loadavg_start']}, at end {env['loadavg_end']}"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="emma", choices=RECIPE_NAMES, help="whose model and training step")
+    parser.add_argument("--preset", default="base", help='model preset ("base" = paper size, "tiny") or a JSON file')
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="both", choices=["fp32", "bf16", "both"])
+    parser.add_argument(
+        "--mask-ratios", type=float, nargs="+", default=None,
+        help="mae / cotex: one training phase per mask ratio (default: the recipe's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per phase (default: until --min-time, at most --max-steps)"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per phase")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds of timed steps per phase (adaptive)")
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--inference-batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--matmul-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--matmul-time", type=float, default=1.0, help="seconds per matmul size")
+    parser.add_argument(
+        "--video-frames", type=int, default=48,
+        help="emma: frames of the end-to-end video (and 4x as many for the long one); 0 skips it",
+    )  # fmt: skip
+    parser.add_argument("--video-batch-size", type=int, default=16, help="frames per batch end to end")
+    parser.add_argument(
+        "--backends", nargs="*", choices=BACKENDS, default=None,
+        help="emma: also time inference through these backends (no value: all of them)",
+    )  # fmt: skip
+    parser.add_argument("--int8-matmul-sizes", type=int, nargs="+", default=(1024, 2048))
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.backends == []:
+        args.backends = list(BACKENDS)
+    if args.min_time is None:
+        # On 2 CPU cores one ViT-B training step takes tens of seconds: one timed step past warm-up is all that fits
+        # in a few minutes. On a GPU, steps are milliseconds and many are cheap.
+        args.min_time = 3.0 if args.device == "cuda" else 5.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    report = run(args)
+    print(format_report(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    main()

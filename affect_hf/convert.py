@@ -36,8 +36,11 @@ import numpy._core.multiarray as _multiarray
 import torch
 from transformers import PreTrainedModel, ViTMAEConfig, ViTMAEForPreTraining
 
-from model_cards import COTEX_TEMPLATE, DAN_TEMPLATE, EMMA_TEMPLATE, MAE_TEMPLATE
-from modeling import (
+from .files import file_sha256
+from .hub import render_model_card, save_model_folder
+from .labels import AFFECTNET_EXPRESSIONS, LSD_EXPRESSIONS, NUM_ACTION_UNITS, NUM_EXPRESSIONS
+from .model_cards import COTEX_TEMPLATE, DAN_TEMPLATE, EMMA_TEMPLATE, MAE_TEMPLATE
+from .modeling import (
     CotexConfig,
     CotexForImageClassification,
     DanConfig,
@@ -46,10 +49,6 @@ from modeling import (
     EmmaForAffectAnalysis,
     MaeViTModel,
 )
-
-from .files import file_sha256
-from .hub import render_model_card, save_model_folder
-from .labels import AFFECTNET_EXPRESSIONS, LSD_EXPRESSIONS, NUM_ACTION_UNITS, NUM_EXPRESSIONS
 
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """ONNX export of the affect models (EMMA, CoTEX, DAN), checked against torch with ONNX Runtime; int8 quantisation.
 
-`affect-hf export onnx --model DIR --output DIR` writes a folder that `affect-hf predict --backend onnx` reads:
+`affect-hf export onnx --model DIR --output DIR` writes a folder that `--backend onnx` runs (`affect_hf.models`, where
+every backend is loaded: this module only writes):
 `model.onnx` (dynamic batch), optionally `model_int8.onnx`, the model's `config.json` and
 `preprocessor_config.json` (labels, AU thresholds, crop size and normalisation), and `onnx_export.json`, the record
 of where it came from (the source weights' sha256), of each file's sha256, of the parity check and of how many
@@ -19,29 +20,36 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig
-
-from modeling.pipeline_affect import affect_scores
 
 from .data.transforms import AffectImageTransform, load_rgb_image
 from .files import file_sha256, remove_stale_staging, replace_directory
+from .hub import build_image_processor
+from .modeling.pipeline_affect import affect_scores
+from .models import (
+    INT8_FILE,
+    ONNX_FILE,
+    RECORD_FILE,
+    OnnxExportError,
+    load_affect_model,
+    onnx_session,
+    weights_sha256,
+)
 
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_export.json"
 MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits")
 QUANTIZATION_MODES = ("dynamic", "static")
 OPSET = 18
 # int8 runs the matrix products (the linear layers: 85% of EMMA's FLOPs); convolutions (12%) stay fp32: ONNX
 # Runtime's integer convolution (ConvInteger) is slower than its fp32 one on CPU; quantising it halved int8's speed.
 INT8_OPS = ["MatMul", "Gemm"]
+# 7-bit weights: CPUs without VNNI (AVX2 only, e.g. AMD Zen 2-3) multiply uint8 x int8 in pairs summed into int16,
+# which saturates with full-range weights. Measured on such a CPU (the tests' tiny EMMA, 96 faces): 8-bit weights
+# changed 5.2% of expression and 5.1% of AU decisions, 7-bit ones 0% and 1.0%. A file exported here may run anywhere.
+REDUCE_RANGE = True
 # fp32 parity: ONNX Runtime fuses and reorders float operations, so outputs differ from torch by rounding only.
 PARITY_TOLERANCE = 1e-4
-
-
-class OnnxExportError(ValueError):
-    """An export whose outputs do not match torch, or an exported folder that does not match its record."""
 
 
 class _OutputsAsTuple(nn.Module):
@@ -64,12 +72,6 @@ def output_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in MODEL_OUTPUTS if getattr(outputs, name, None) is not None)
 
 
-def weights_sha256(model_dir: str | os.PathLike) -> str | None:
-    """The sha256 of a model folder's weights file, None for a Hub id or a folder without one."""
-    path = Path(model_dir) / "model.safetensors"
-    return file_sha256(path) if path.is_file() else None
-
-
 def face_images(folder: str | os.PathLike, image_size: int, limit: int) -> torch.Tensor:
     """Up to `limit` face images of a folder (walked, sorted) as the model's normalised inputs (N x 3 x S x S)."""
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
@@ -77,15 +79,6 @@ def face_images(folder: str | os.PathLike, image_size: int, limit: int) -> torch
         raise FileNotFoundError(f"no face images (.jpg, .png, .bmp) under {folder}")
     transform = AffectImageTransform(image_size, train=False)
     return torch.stack([transform(load_rgb_image({"path": str(path)})) for path in paths[:limit]])
-
-
-def _session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run(session, pixel_values: torch.Tensor, batch_size: int = 32) -> list[np.ndarray]:
@@ -140,13 +133,11 @@ def export_onnx(
     "static" (activation ranges calibrated on `calibration_dir`). With `validation_dir`, the record says how many
     expression and AU decisions int8 changes against fp32 on those faces.
     """
-    from .inference.analysis import load_affect_model
-
     if quantize not in (None, *QUANTIZATION_MODES):
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
     if quantize == "static" and calibration_dir is None:
         raise ValueError("static quantisation needs --calibration_dir: a folder of face images")
-    model, _, _ = load_affect_model(model_dir, "cpu")
+    model = load_affect_model(model_dir, device="cpu")
     config = model.config
     names = output_names(model)
     size = config.image_size
@@ -167,7 +158,7 @@ def export_onnx(
             output_names=list(names), dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}},
             dynamo=True, opset_version=opset, external_data=False, verbose=False,
         )  # fmt: skip
-        session = _session(staging / ONNX_FILE)
+        session = onnx_session(staging / ONNX_FILE)
         generator = torch.Generator().manual_seed(0)
         checks = {"random batch of 1": torch.randn(1, 3, size, size, generator=generator),
                   "random batch of 5": torch.randn(5, 3, size, size, generator=generator)}  # fmt: skip
@@ -204,14 +195,13 @@ def export_onnx(
             record["quantization"] = {
                 "mode": quantize,
                 "calibration_dir": str(calibration_dir) if calibration_dir else None,
+                "weight_bits": 7 if REDUCE_RANGE else 8,
             }
             if real is not None:
                 fp32 = dict(zip(names, _run(session, real), strict=True))
-                int8 = dict(zip(names, _run(_session(staging / INT8_FILE), real), strict=True))
+                int8 = dict(zip(names, _run(onnx_session(staging / INT8_FILE), real), strict=True))
                 record["int8_agreement_with_fp32"] = agreement(fp32, int8, config)
         config.save_pretrained(staging)
-        from .hub import build_image_processor
-
         build_image_processor(size).save_pretrained(staging)
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         replace_directory(staging, output_dir)
@@ -230,7 +220,7 @@ def _quantize(source: Path, target: Path, mode: str, calibration_dir, image_size
     try:
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=INT8_OPS)  # fmt: skip
+                             reduce_range=REDUCE_RANGE, op_types_to_quantize=INT8_OPS)  # fmt: skip
         else:
             faces = face_images(calibration_dir, image_size, max_images).numpy()
 
@@ -242,54 +232,11 @@ def _quantize(source: Path, target: Path, mode: str, calibration_dir, image_size
                     batch = next(self.batches, None)
                     return None if batch is None else {"pixel_values": batch}
 
-            quantize_static(str(prepared), str(target), Faces(), per_channel=True, op_types_to_quantize=INT8_OPS,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+            quantize_static(str(prepared), str(target), Faces(), per_channel=True, reduce_range=REDUCE_RANGE,
+                            op_types_to_quantize=INT8_OPS, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)  # fmt: skip
     finally:
         prepared.unlink(missing_ok=True)
 
 
-class OnnxAffectModel:
-    """An exported folder run by ONNX Runtime, in the shape `FaceAffectAnalyzer` uses: `model(pixel_values=...)`
-    returns the outputs by name; `.config`, `.device` and `.dtype` as a transformers model has them."""
-
-    device = torch.device("cpu")
-    dtype = torch.float32
-
-    def __init__(
-        self, folder: str | os.PathLike, int8: bool = False, source_model_dir: str | os.PathLike | None = None
-    ):
-        folder = Path(folder)
-        record_path = folder / RECORD_FILE
-        if not record_path.is_file():
-            raise OnnxExportError(f"{folder} is not an ONNX export: no {RECORD_FILE} (run affect-hf export onnx)")
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        file_name = INT8_FILE if int8 else ONNX_FILE
-        path = folder / file_name
-        if file_name not in record["files"] or not path.is_file():
-            raise OnnxExportError(f"{path} does not exist: export with --quantize for the int8 model")
-        if file_sha256(path) != record["files"][file_name]:
-            raise OnnxExportError(f"{path} is not the file this export recorded (its sha256 changed): export again")
-        if source_model_dir is not None:
-            weights = weights_sha256(source_model_dir)
-            if weights is not None and weights != record["source_weights_sha256"]:
-                raise OnnxExportError(
-                    f"{folder} was exported from other weights than {source_model_dir}'s (sha256 "
-                    f"{record['source_weights_sha256']} vs {weights}): export again"
-                )
-        self.config = AutoConfig.from_pretrained(folder)
-        if self.config.image_size != record["image_size"] or self.config.model_type != record["model_type"]:
-            raise OnnxExportError(f"{folder}/config.json does not describe the exported model ({record_path})")
-        self.session = _session(path)
-        self.names = tuple(output.name for output in self.session.get_outputs())
-        if list(self.names) != record["outputs"]:
-            raise OnnxExportError(f"{path} returns {self.names}, the record says {record['outputs']}")
-        self.record = record
-
-    def eval(self) -> "OnnxAffectModel":
-        return self
-
-    def __call__(self, pixel_values: torch.Tensor):
-        from transformers.utils import ModelOutput
-
-        values = self.session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})
-        return ModelOutput(**{name: torch.from_numpy(value) for name, value in zip(self.names, values, strict=True)})
+__all__ = ["INT8_OPS", "PARITY_TOLERANCE", "QUANTIZATION_MODES", "agreement", "export_onnx"]

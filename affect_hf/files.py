@@ -62,7 +62,7 @@ def retired_name(destination: Path) -> Path:
 
 
 def replace_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:
-    """Move a finished folder into place.
+    """Move a finished folder into place (over a folder, or over a file of the same name).
 
     The old folder is first renamed aside, so a crash between the two renames leaves it recoverable under
     `.<name>.old`; `restore_directory` puts it back.
@@ -70,13 +70,19 @@ def replace_directory(source: str | os.PathLike, destination: str | os.PathLike)
     source, destination = Path(source), Path(destination)
     restore_directory(destination)
     retired = retired_name(destination)
-    if retired.exists():
-        shutil.rmtree(retired)
+    _remove(retired)
     if destination.exists():
         os.replace(destination, retired)
     os.replace(source, destination)
-    if retired.exists():
-        shutil.rmtree(retired)
+    _remove(retired)
+
+
+def _remove(path: Path) -> None:
+    """A folder, or a file that an older layout left where a folder now goes."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def restore_directory(destination: str | os.PathLike) -> None:

@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
-from transformers import PreTrainedModel, ViTImageProcessor
-
-from model_cards import EMMA_TEMPLATE
+from transformers import PreTrainedModel, ViTImageProcessorPil
 
 from .data.transforms import IMAGE_MEAN, IMAGE_STD, RESAMPLING
 from .files import remove_stale_staging, replace_directory
+from .model_cards import EMMA_TEMPLATE
 
 
-def build_image_processor(image_size: int) -> ViTImageProcessor:
-    """The processor saved with every model: the eval transform's resize and normalisation (not ViT's 0.5)."""
-    return ViTImageProcessor(
+def build_image_processor(image_size: int) -> ViTImageProcessorPil:
+    """The processor saved with every model: the eval transform's resize and normalisation (not ViT's 0.5).
+
+    Built as the PIL backend, which needs no torchvision (so no warning where there is none); it is saved as
+    `ViTImageProcessor`, so `AutoImageProcessor` gives a Hub user the torchvision backend where it is installed.
+    """
+    return ViTImageProcessorPil(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         resample=RESAMPLING,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from modeling.affect_labels import (
+from .modeling.affect_labels import (
     ABAW_EXPRESSIONS,
     ACTION_UNITS,
     AFFECTNET_EXPRESSIONS,

@@ -1,5 +1,5 @@
-"""`affect-hf evaluate`: a model (or two, side by side) scored on a labelled split with the training loop's own
-functions, written as `scores.json` and a report a person reads (`report.html` with its PNGs).
+"""`affect-hf evaluate`: a model (or two, side by side) scored on a labelled split by `affect_hf.evaluation`, the
+functions the training loop scores with, written as `scores.json` and a report a person reads (`report.html`).
 
 The report shows, per model: the confusion matrix (counts and row-normalised), per-class F1, per-AU F1 at the
 model's thresholds and at thresholds fitted on this split (both listed), predicted against true valence and
@@ -10,88 +10,24 @@ frames, the winning expression's probability). A task whose labels the split lac
 import html
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
-from .data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, class_label, load_abaw_mtl
-from .data.abaw_lsd import load_abaw_lsd
-from .data.abaw_tracks import load_abaw_track
-from .files import atomic_path, write_text_atomically
-from .labels import (
-    ABAW_EXPRESSIONS,
-    ACTION_UNITS,
-    LSD_EXPRESSIONS,
-    MISSING_ACTION_UNIT,
-    MISSING_EXPRESSION,
-    MISSING_VALENCE_AROUSAL,
+from .evaluation import (
+    TRACK_TASKS,
+    ModelEvaluation,
+    check_track,
+    evaluate_model,
+    labelled,
+    load_split,
 )
+from .files import atomic_path, write_text_atomically
+from .labels import ABAW_EXPRESSIONS, ACTION_UNITS, LSD_EXPRESSIONS
 from .metrics import ccc, classification_scores
-from .training.recipes.emma import TASK_LABELS, predict, score_predictions
-
-
-EVALUATION_TRACKS = ("mtl", "va", "expr", "au", "lsd")
-TRACK_TASKS = {"mtl": ("va", "expr", "au"), "va": ("va",), "expr": ("expr",), "au": ("au",), "lsd": ("lsd",)}
-
-
-def load_validation_split(data_dir: str | os.PathLike, track: str):
-    if track == "mtl":
-        return load_abaw_mtl(data_dir, "validation")
-    if track == "lsd":
-        return load_abaw_lsd(data_dir, "validation")
-    if track in TASK_LABELS:
-        return load_abaw_track(data_dir, track, "validation")
-    raise ValueError(f"unknown track {track!r}; expected one of {', '.join(EVALUATION_TRACKS)}")
-
-
-def evaluate_model_on_split(model, split, track: str, batch_size: int, num_workers: int) -> dict[str, Any]:
-    """Predictions, references and scores of one model on a split, through the training loop's functions."""
-    accelerator = Accelerator(cpu=model.device.type == "cpu")
-    size = model.config.image_size
-    if track == "lsd":
-        if model.config.num_labels != len(LSD_EXPRESSIONS):
-            raise ValueError(f"a {model.config.model_type} model with {model.config.num_labels} classes cannot do LSD")
-        dataset = ImageDataset(split, AffectImageTransform(size, train=False), labels=class_label())
-        loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
-        logits, labels = [], []
-        with torch.inference_mode():
-            for batch in loader:
-                logits.append(model(pixel_values=batch["pixel_values"]).logits.float().cpu().numpy())
-                labels.append(batch["labels"].cpu().numpy())
-        predictions = {"expression": np.concatenate(logits)}
-        references = {"expression": np.concatenate(labels)}
-        scores = classification_scores(predictions["expression"], references["expression"], LSD_EXPRESSIONS)
-        return {"predictions": predictions, "references": references, "scores": scores, "fitted": None}
-    if not hasattr(model.config, "au_thresholds"):
-        raise ValueError(f"the {track} track needs an EMMA model; this is a {model.config.model_type} model")
-    dataset = AbawMtlTorchDataset(split, image_size=size, train=False)
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
-    predictions, references = predict(model, loader, accelerator)
-    scores, fitted = score_predictions(predictions, references, model.config.au_thresholds, track)
-    return {"predictions": predictions, "references": references, "scores": scores, "fitted": fitted}
-
-
-MISSING_CODES = {"valence_arousal": MISSING_VALENCE_AROUSAL, "expression": MISSING_EXPRESSION,
-                 "action_units": MISSING_ACTION_UNIT}  # fmt: skip
-
-
-def labelled(column: str, values: np.ndarray) -> np.ndarray:
-    """Whether each value is a label rather than the column's missing code."""
-    return np.asarray(values) != MISSING_CODES[column]
-
-
-def unavailable_tasks(references: dict[str, np.ndarray], track: str) -> dict[str, str]:
-    """The track's tasks without a single valid label in the split, with the reason."""
-    missing = {}
-    for task in TRACK_TASKS[track]:
-        column = "expression" if task == "lsd" else TASK_LABELS[task]
-        if not labelled(column, references[column]).any():
-            missing[task] = f"no valid {column.replace('_', ' ')} label in this split"
-    return missing
+from .models import load_affect_model
 
 
 def evaluate_models(
@@ -102,44 +38,42 @@ def evaluate_models(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str = "auto",
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Score each model on the track's validation split; write `scores.json`, the PNGs and `report.html`."""
-    import warnings
-
-    from .inference.analysis import load_affect_model
-
-    if track not in EVALUATION_TRACKS:
-        raise ValueError(f"unknown track {track!r}; expected one of {', '.join(EVALUATION_TRACKS)}")
-    split = load_validation_split(data_dir, track)
+    check_track(track)
+    split = load_split(data_dir, track, "validation")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"track": track, "data_dir": str(data_dir), "num_samples": len(split), "models": {}}
     sections = []
     for number, name in enumerate(models, start=1):
-        model, _, _ = load_affect_model(name, device)
+        model = load_affect_model(name, backend=backend, device=device)
         with warnings.catch_warnings():  # a task without labels warns in the metric: it is reported below instead
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
-            evaluation = evaluate_model_on_split(model, split, track, batch_size, num_workers)
+            evaluation = evaluate_model(model, split, track, batch_size, num_workers, name=str(name))
         key = f"model_{number}" if len(models) > 1 else "model"
-        missing = unavailable_tasks(evaluation["references"], track)
-        entry = {"path": str(name), "scores": evaluation["scores"], "unavailable": missing}
-        if evaluation["fitted"] is not None and "au" in TRACK_TASKS[track]:  # thresholds mean nothing elsewhere
+        entry = {"path": str(name), "backend": backend, "scores": evaluation.scores,
+                 "unavailable": evaluation.unavailable}  # fmt: skip
+        if evaluation.fitted_au_thresholds is not None and "au" in TRACK_TASKS[track]:  # meaningless elsewhere
             entry["au_thresholds"] = dict(zip(ACTION_UNITS, model.config.au_thresholds, strict=True))
-            entry["fitted_au_thresholds"] = dict(zip(ACTION_UNITS, evaluation["fitted"].tolist(), strict=True))
+            entry["fitted_au_thresholds"] = dict(
+                zip(ACTION_UNITS, evaluation.fitted_au_thresholds.tolist(), strict=True)
+            )
         results["models"][key] = entry
-        figures = plot_evaluation(evaluation, track, model.config, missing, output_dir, prefix=key)
+        figures = plot_evaluation(evaluation, track, model.config, output_dir, prefix=key)
         sections.append((key, entry, figures))
     write_text_atomically(output_dir / "scores.json", json.dumps(results, indent=2, default=float) + "\n")
     write_text_atomically(output_dir / "report.html", render_report(results, sections))
     return results
 
 
-def plot_evaluation(evaluation, track: str, config, missing: dict, folder: Path, prefix: str) -> list[Path]:
+def plot_evaluation(evaluation: ModelEvaluation, track: str, config, folder: Path, prefix: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    predictions, references = evaluation["predictions"], evaluation["references"]
+    predictions, references, missing = evaluation.predictions, evaluation.references, evaluation.unavailable
     figures = []
     classes = LSD_EXPRESSIONS if track == "lsd" else ABAW_EXPRESSIONS
     if ("expr" in TRACK_TASKS[track] or track == "lsd") and "expr" not in missing and "lsd" not in missing:
@@ -151,7 +85,7 @@ def plot_evaluation(evaluation, track: str, config, missing: dict, folder: Path,
         )
     if "au" in TRACK_TASKS[track] and "au" not in missing:
         figures.append(_au_f1(predictions["action_units"], references["action_units"], config.au_thresholds,
-                              evaluation["fitted"], folder / f"{prefix}_au_f1.png"))  # fmt: skip
+                              evaluation.fitted_au_thresholds, folder / f"{prefix}_au_f1.png"))  # fmt: skip
         figures.append(_au_distributions(predictions["action_units"], references["action_units"],
                                          folder / f"{prefix}_au_scores.png"))  # fmt: skip
     if "va" in TRACK_TASKS[track] and "va" not in missing:
@@ -170,6 +104,7 @@ def _save(figure, path: Path) -> Path:
 
 
 def _confusion(scores: np.ndarray, labels: np.ndarray, classes, path: Path) -> Path:
+    """Counts and row-normalised confusion of `scores` (per-class probabilities) against labels."""
     import matplotlib.pyplot as plt
 
     valid = labelled("expression", labels)
@@ -193,10 +128,9 @@ def _confusion(scores: np.ndarray, labels: np.ndarray, classes, path: Path) -> P
     return _save(figure, path)
 
 
-def _expression_confidence(scores: np.ndarray, classes, path: Path) -> Path:
+def _expression_confidence(probabilities: np.ndarray, classes, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    probabilities = torch.from_numpy(scores).softmax(-1).numpy()
     figure, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     axes[0].hist(probabilities.max(1), bins=30, range=(0, 1), color="tab:blue")
     axes[0].set_xlabel("probability of the predicted expression")

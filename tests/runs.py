@@ -26,7 +26,7 @@ BLOCK_PROJECT_IMPORTS = textwrap.dedent(
 
     class BlockProject:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("affect_hf", "modeling", "model_cards"):
+            if name.split(".")[0] == "affect_hf":
                 raise ImportError(f"blocked: {name}")
             return None
 

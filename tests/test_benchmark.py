@@ -1,21 +1,15 @@
 """scripts/benchmark.py at the tiny preset: the report's structure and FLOP counts, never its timings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+from affect_hf import benchmarking
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmarking
 
 
 def test_tiny_run_reports_every_phase(benchmark, tmp_path):

@@ -45,7 +45,7 @@ def test_make_synthetic_writes_every_kind_and_refuses_a_used_folder(tmp_path, ca
     assert capsys.readouterr().out.strip() == str(root) and check(root)
     with pytest.raises(SystemExit) as exit_info:
         main(["make-synthetic", str(root), "--kind", kind, *options])
-    assert exit_info.value.code == 2 and "is not an empty folder" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "is not an empty folder" in capsys.readouterr().err
 
 
 def test_unknown_command_exits_with_usage(capsys):

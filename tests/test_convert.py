@@ -11,7 +11,12 @@ from transformers import ViTMAEForPreTraining
 
 from affect_hf.cli import main as cli_main
 from affect_hf.convert import CheckpointError, convert, convert_to_folder, detect_kind
-from modeling import CotexForImageClassification, DanForImageClassification, EmmaForAffectAnalysis, MaeViTModel
+from affect_hf.modeling import (
+    CotexForImageClassification,
+    DanForImageClassification,
+    EmmaForAffectAnalysis,
+    MaeViTModel,
+)
 
 
 HIDDEN, HEADS, MLP, PATCH, IMAGE, LAYERS = 32, 2, 64, 8, 32, 2
@@ -443,4 +448,4 @@ def test_the_convert_command_writes_a_folder_and_reports_what_it_did(generator, 
     ).is_file()
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["convert", str(path), str(tmp_path / "again"), "--kind", "emma"])
-    assert exit_info.value.code == 2 and "is not a checkpoint of kind emma" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "is not a checkpoint of kind emma" in capsys.readouterr().err

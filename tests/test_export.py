@@ -12,16 +12,17 @@ from skimage.data import astronaut
 import affect_hf
 from affect_hf.cli import main
 from affect_hf.data import make_synthetic_abaw
-from affect_hf.export import INT8_FILE, ONNX_FILE, RECORD_FILE, OnnxAffectModel, OnnxExportError, export_onnx
+from affect_hf.export import export_onnx
 from affect_hf.hub import save_model_folder
-from affect_hf.training.presets import COTEX_PRESETS
-from modeling import (
+from affect_hf.modeling import (
     CotexConfig,
     CotexForImageClassification,
     DanConfig,
     DanForImageClassification,
     EmmaForAffectAnalysis,
 )
+from affect_hf.models import INT8_FILE, ONNX_FILE, RECORD_FILE, OnnxAffectModel, OnnxExportError
+from affect_hf.training.presets import COTEX_PRESETS
 from tests.test_modeling import IMAGE_SIZE, TINY_CNN, tiny_emma_config, tiny_emma_with_visible_heads
 
 

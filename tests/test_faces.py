@@ -1,6 +1,7 @@
 """Faces: the shipped BlazeFace on a real photo, weighted NMS, alignment to the ABAW crop template, and
 `affect_hf.pipeline` (detect -> align -> model) against the model run on the same crops."""
 
+import importlib.metadata
 import math
 
 import numpy as np
@@ -23,8 +24,8 @@ from affect_hf.faces import (
     weighted_non_max_suppression,
 )
 from affect_hf.hub import save_model_folder
-from affect_hf.inference.analysis import NotAnAffectModelError, load_affect_model
-from modeling.pipeline_affect import affect_scores, describe
+from affect_hf.modeling.pipeline_affect import affect_scores, describe
+from affect_hf.models import NotAnAffectModelError, load_affect_model
 from tests.test_modeling import TINY_VIT, tiny_emma_with_visible_heads
 
 
@@ -47,7 +48,10 @@ def test_shipped_weights_name_their_source_and_licence():
         metadata = weights.metadata()
     assert metadata["source"] == "face_detection_short_range.tflite" and metadata["license"] == "Apache-2.0"
     assert len(metadata["source_sha256"]) == 64
-    assert (BLAZEFACE_WEIGHTS.parent / "NOTICE").is_file()
+    # The installed distribution's NOTICE attributes them.
+    [notice] = [file for file in importlib.metadata.distribution("affect-hf").files if file.name == "NOTICE"]
+    text = notice.read_text()
+    assert BLAZEFACE_WEIGHTS.name in text and "MediaPipe Authors" in text and "Apache License, Version 2.0" in text
 
 
 def test_detector_finds_the_face_of_a_real_photo_with_its_landmarks(detector):
@@ -168,8 +172,9 @@ def test_pipeline_finds_aligns_and_scores_every_face(emma_folder):
     results = analyzer([PHOTO, two, np.full((50, 80, 3), 90, np.uint8)])
     assert [len(faces) for faces in results] == [1, 2, 0]
     face = results[0][0]
-    assert set(face) == {"box", "score", "landmarks", "valence", "arousal", "expression", "expression_scores",
-                         "au_probabilities", "au_active"}  # fmt: skip
+    assert set(face) == {"box", "score", "landmarks", "face_id", "valence", "arousal", "expression",
+                         "expression_scores", "au_probabilities", "au_active"}  # fmt: skip
+    assert [face["face_id"] for face in results[1]] == [0, 1]  # a picture's faces by rank
     assert set(face["landmarks"]) == set(BlazeFaceDetector.keypoint_names)
     # The same face through the saved image processor and the model, computed here.
     [faces] = BlazeFaceDetector()([PHOTO])

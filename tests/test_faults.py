@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from affect_hf.data import make_synthetic_abaw
+from affect_hf.modeling import EmmaForAffectAnalysis
 from affect_hf.training import NonFiniteLossError, TrainingArguments, train
 from affect_hf.training.state import CorruptStateError, find_latest_state, select_resume_state
-from modeling import EmmaForAffectAnalysis
 from tests.runs import REPO_ROOT, as_flags, run_arguments, wait_for
 
 

@@ -18,9 +18,9 @@ from transformers import AutoImageProcessor, pipeline
 
 from affect_hf.data import AffectImageTransform
 from affect_hf.hub import build_image_processor, push_folder_to_hub, render_model_card, save_model_folder
-from model_cards import COTEX_TEMPLATE
-from modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
-from modeling.pipeline_affect import affect_scores, describe
+from affect_hf.model_cards import COTEX_TEMPLATE
+from affect_hf.modeling import CotexConfig, CotexForImageClassification, EmmaForAffectAnalysis
+from affect_hf.modeling.pipeline_affect import affect_scores, describe
 from tests.runs import BLOCK_PROJECT_IMPORTS
 from tests.test_modeling import IMAGE_SIZE, TINY_VIT, tiny_emma_config
 

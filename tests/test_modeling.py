@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModel, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 import affect_hf  # noqa: F401  (registers the Auto classes)
-from modeling import (
+from affect_hf.modeling import (
     CotexConfig,
     CotexForImageClassification,
     DanConfig,

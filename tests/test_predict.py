@@ -21,10 +21,10 @@ import affect_hf
 from affect_hf.cli import main
 from affect_hf.data.synthetic_video import write_face_video
 from affect_hf.hub import save_model_folder
+from affect_hf.inference.predict import predict
 from affect_hf.inference.smoothing import ExponentialSmoother
 from affect_hf.inference.table import read_table
 from affect_hf.inference.tracking import FaceTracker
-from affect_hf.inference.video import predict
 from tests.test_modeling import tiny_emma_with_visible_heads
 
 
@@ -198,10 +198,10 @@ def test_ctrl_c_leaves_a_valid_parquet_of_the_rows_so_far(emma_folder, tmp_path)
     deadline = time.monotonic() + 120
 
     def partial_size() -> int:
-        return sum(path.stat().st_size for path in tmp_path.glob(".rows.parquet.*"))
+        return sum(path.stat().st_size for path in tmp_path.glob(".rows.parquet.*/part-*.parquet"))
 
-    while partial_size() <= 4096 and time.monotonic() < deadline:
-        time.sleep(0.05)  # a row group (512 rows) has reached the disk
+    while partial_size() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # a part (512 rows) has reached the staging folder
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
@@ -232,7 +232,7 @@ def test_cli_refuses_a_model_that_is_not_an_affect_model_and_a_run_with_nothing_
     assert code == 1 and "nothing could be read" in err
     assert f"skipped {junk}" in out and not (tmp_path / "b.csv").exists()
     code, _, err = run(str(junk), "--model", str(emma_folder), "--output", str(tmp_path / "c.xlsx"))
-    assert code == 1 and "must end in .csv or .parquet" in err
+    assert code == 1 and "an output is FILE.csv, or a Parquet folder" in err
     code, _, err = run(str(tmp_path / "nowhere.mp4"), "--model", str(emma_folder), "--output", str(tmp_path / "d.csv"))
     assert code == 1 and "no such file or folder" in err
 

@@ -15,8 +15,8 @@ from transformers import AutoModel, ViTMAEForPreTraining, pipeline
 from affect_hf.data.synthetic import make_synthetic_abaw
 from affect_hf.data.synthetic_faces import make_synthetic_affectnet, make_synthetic_faces, make_synthetic_lsd
 from affect_hf.labels import LSD_EXPRESSIONS
+from affect_hf.modeling import CotexForImageClassification, DanForImageClassification, EmmaForAffectAnalysis
 from affect_hf.training import parse_train_arguments, train
-from modeling import CotexForImageClassification, DanForImageClassification, EmmaForAffectAnalysis
 from tests.runs import BLOCK_PROJECT_IMPORTS, kill_mid_run_and_resume, run_arguments, run_two_processes
 
 

@@ -13,9 +13,9 @@ from affect_hf.data import AbawMtlTorchDataset, load_abaw_mtl, make_synthetic_ab
 from affect_hf.data.synthetic_faces import make_synthetic_lsd
 from affect_hf.hub import save_model_folder
 from affect_hf.metrics import abaw_mtl_score
+from affect_hf.modeling import CotexConfig, CotexForImageClassification
 from affect_hf.report import evaluate_models
 from affect_hf.training.presets import COTEX_PRESETS
-from modeling import CotexConfig, CotexForImageClassification
 from tests.test_modeling import tiny_emma_with_visible_heads
 
 

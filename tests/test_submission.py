@@ -11,8 +11,8 @@ from affect_hf.data.synthetic_faces import make_synthetic_lsd
 from affect_hf.hub import save_model_folder
 from affect_hf.inference import SubmissionError, abaw_test_names, predict_abaw, validate_submission
 from affect_hf.inference.submission import Predictions, fill_frames_without_crop
+from affect_hf.modeling import CotexConfig, CotexForImageClassification, EmmaConfig, EmmaForAffectAnalysis
 from affect_hf.training.presets import COTEX_PRESETS, EMMA_PRESETS
-from modeling import CotexConfig, CotexForImageClassification, EmmaConfig, EmmaForAffectAnalysis
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi
 
+from affect_hf.modeling import EmmaForAffectAnalysis
 from affect_hf.training import get_recipe, layer_decay_parameter_groups, parse_train_arguments, train
 from affect_hf.training.arguments import resolve_mixed_precision
 from affect_hf.training.recipes.emma import au_pos_weight_from_labels
-from modeling import EmmaForAffectAnalysis
 from tests.runs import kill_mid_run_and_resume, run_arguments, run_two_processes
 from tests.test_modeling import tiny_emma_config
 
@@ -180,26 +180,33 @@ def test_accumulation_counts_optimizer_steps_and_fitted_thresholds_are_stored(sy
 
 
 def test_prediction_covers_the_validation_split_in_order(synthetic_abaw_root):
+    """The evaluation layer's predictions, through a loader prepared by Accelerate (as training calls it) and a plain
+    one (as `affect-hf evaluate` does), equal the model's outputs on the whole split, in order."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from affect_hf.data import AbawMtlTorchDataset, load_abaw_mtl
-    from affect_hf.training.recipes.emma import predict
+    from affect_hf.evaluation import collect_predictions
 
     split = load_abaw_mtl(synthetic_abaw_root, "validation")
     dataset = AbawMtlTorchDataset(split, image_size=32, train=False)
     model = EmmaForAffectAnalysis(tiny_emma_config())
     accelerator = Accelerator(cpu=True)
     loader = accelerator.prepare(DataLoader(dataset, batch_size=5, shuffle=False))
-    predictions, references = predict(model, loader, accelerator)
+    predictions, references = collect_predictions(model, loader, accelerator.gather_for_metrics)
     assert len(predictions["valence_arousal"]) == len(split) == 48
     np.testing.assert_array_equal(references["expression"], np.asarray(split["expression"]))
     np.testing.assert_array_equal(references["action_units"], np.asarray(split["action_units"]))
+    np.testing.assert_array_equal(references["valence_arousal"], np.stack([split["valence"], split["arousal"]], 1))
     with torch.no_grad():
         direct = model(torch.stack([dataset[index]["pixel_values"] for index in range(len(dataset))]))
     np.testing.assert_allclose(predictions["valence_arousal"], direct.valence_arousal.numpy(), atol=1e-5)
-    np.testing.assert_allclose(predictions["expression"], direct.logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(predictions["expression"], direct.logits.softmax(-1).numpy(), atol=1e-5)
     np.testing.assert_allclose(predictions["action_units"], torch.sigmoid(direct.au_logits).numpy(), atol=1e-5)
+    plain, plain_references = collect_predictions(model, DataLoader(dataset, batch_size=7))
+    for name, values in predictions.items():
+        np.testing.assert_allclose(plain[name], values, atol=1e-6)
+        np.testing.assert_array_equal(plain_references[name], references[name])
 
 
 def test_two_process_run_counts_steps_and_ends_the_schedule_at_min_lr(synthetic_abaw_root, tmp_path):

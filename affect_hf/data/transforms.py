@@ -17,7 +17,6 @@ augmented images whatever the DataLoader worker layout. Each transform makes all
 are used, so one draw never shifts another.
 """
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,8 @@ import PIL.Image
 import PIL.ImageEnhance
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .pictures import PictureTooLargeError, read_picture
 
 
 TRAIN_RESIZE_SCALE = 1.04
@@ -42,19 +43,19 @@ def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def load_rgb_image(image: "PIL.Image.Image | dict") -> PIL.Image.Image:
-    """Decode an image fully and now, as RGB; an unreadable or truncated file raises `OSError` naming its path.
+    """Decode an image fully and now, as RGB; an unreadable, truncated or oversized file raises `OSError` naming it.
 
-    Accepts a PIL image or a `datasets.Image(decode=False)` value (`{"path": ..., "bytes": ...}`). PIL decodes
-    lazily, so `.load()` is forced here: truncation is then detected (unless someone set
-    `PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, which this package never does) instead of surfacing as grey pixels.
+    Accepts a PIL image or a `datasets.Image(decode=False)` value (`{"path": ..., "bytes": ...}`), read through
+    `pictures.read_picture` (the pixel limit; truncation detected, unless someone set
+    `PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, which this package never does).
     """
     if isinstance(image, PIL.Image.Image):
         return image.convert("RGB")
     path, data = image.get("path"), image.get("bytes")
     try:
-        with PIL.Image.open(io.BytesIO(data) if data is not None else path) as opened:
-            opened.load()
-            return opened.convert("RGB")
+        return read_picture(data if data is not None else path, upright=False, name=path)
+    except PictureTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError) as error:
         raise OSError(f"Cannot decode image {path}: {error}") from error
 

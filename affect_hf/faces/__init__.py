@@ -1,6 +1,13 @@
 """Faces in pictures: detection (BlazeFace by default, weights shipped) and alignment like ABAW's crops."""
 
-from .alignment import FACE_TEMPLATE, align_faces, alignment_transforms, similarity_transforms, template_points
+from .alignment import (
+    ABAW_LANDMARKS,
+    FACE_TEMPLATE,
+    align_faces,
+    alignment_transforms,
+    similarity_transforms,
+    template_points,
+)
 from .blazeface import KEYPOINT_NAMES
 from .detection import (
     BLAZEFACE_WEIGHTS,
@@ -15,6 +22,7 @@ from .detection import (
 
 
 __all__ = [
+    "ABAW_LANDMARKS",
     "BLAZEFACE_WEIGHTS",
     "DETECTORS",
     "FACE_TEMPLATE",

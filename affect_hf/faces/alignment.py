@@ -13,6 +13,8 @@ from .blazeface import KEYPOINT_NAMES
 
 
 TEMPLATE_SIZE = 112
+# The five points of ABAW's template, in its order: what every table names, whatever the detector gives.
+ABAW_LANDMARKS = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")
 # Pixel positions in a 112 x 112 crop (pixel i spans [i, i + 1)): the person's right eye is on the image's left.
 FACE_TEMPLATE = {
     "right_eye": (38.2946, 51.6963),

@@ -1,6 +1,33 @@
-"""Inference: test-set predictions and ABAW submission files."""
+"""Inference: faces in pictures and videos to tables (`analyze`, `iter_analyze`, `predict`), one `FaceResult` per
+face, tracking and smoothing over time, the table layout, the overlay video, and ABAW test-set submissions."""
 
+from .analysis import FaceAffectAnalyzer, pipeline
+from .media import Frame, MediaReport, Picture
+from .predict import AnalysisRun, PredictionSummary, analyze, iter_analyze, predict
+from .results import FaceResult, frame_rows, table_schema
 from .submission import SUBMISSION_TRACKS, SubmissionError, abaw_test_names, predict_abaw, validate_submission
+from .table import TableWriter, read_table
 
 
-__all__ = ["SUBMISSION_TRACKS", "SubmissionError", "abaw_test_names", "predict_abaw", "validate_submission"]
+__all__ = [
+    "SUBMISSION_TRACKS",
+    "AnalysisRun",
+    "FaceAffectAnalyzer",
+    "FaceResult",
+    "Frame",
+    "MediaReport",
+    "Picture",
+    "PredictionSummary",
+    "SubmissionError",
+    "TableWriter",
+    "abaw_test_names",
+    "analyze",
+    "frame_rows",
+    "iter_analyze",
+    "pipeline",
+    "predict",
+    "predict_abaw",
+    "read_table",
+    "table_schema",
+    "validate_submission",
+]

@@ -1,83 +1,31 @@
 """Faces in whole pictures -> affect: detection, alignment and the model, batched on one device.
 
-`affect_hf.pipeline(model)` is the user's entry point (one result per face, with its box and landmarks); video and
-folder analysis (`affect-hf predict`) feed it batches of frames through `FaceAffectAnalyzer.analyze`.
+`affect_hf.pipeline(model)` is the user's entry point (one answer per face, with its box and landmarks); tables of
+pictures, folders and videos (`affect_hf.analyze`, `affect-hf predict`) feed it batches of frames through
+`FaceAffectAnalyzer.analyze_images`, which gives one `FaceResult` per face.
 """
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.image_utils import load_image
-
-from modeling.pipeline_affect import affect_scores, describe
 
 from ..data.transforms import IMAGE_MEAN, IMAGE_STD
 from ..faces.alignment import align_faces
-from ..faces.detection import FaceDetections, FaceDetector, ImageInput, as_image_tensor, load_face_detector
+from ..faces.detection import FaceDetector, ImageInput, as_image_tensor, load_face_detector
+from ..modeling.pipeline_affect import affect_scores, describe
+from ..models import load_affect_model, load_image_normalisation
+from .results import FaceResult
 
 
-AFFECT_MODEL_TYPES = ("emma", "cotex", "dan")
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
-class NotAnAffectModelError(ValueError):
-    pass
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` is the first GPU when there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_affect_model(
-    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "torch", **hub_options: Any
-):
-    """An affect model (EMMA, CoTEX or DAN) in eval mode, with its crop size and normalisation.
-
-    The config is read first, so a folder of another kind fails with its type named before any weight is read.
-    `backend="onnx"` / `"onnx-int8"` runs an `affect-hf export onnx` folder (given, or the `onnx/` folder inside
-    the model folder, which must then hold the weights it was exported from) with ONNX Runtime on the CPU.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    name_or_path = str(name_or_path)
-    if os.sep in name_or_path and not os.path.isdir(name_or_path):
-        raise FileNotFoundError(f"model folder not found: {name_or_path}")
-    config = AutoConfig.from_pretrained(name_or_path, **hub_options)
-    if config.model_type not in AFFECT_MODEL_TYPES:
-        raise NotAnAffectModelError(
-            f"{name_or_path} holds a {config.model_type!r} model, not an affect model ({', '.join(AFFECT_MODEL_TYPES)})"
-        )
-    if backend != "torch":
-        from ..export import OnnxAffectModel
-
-        inside = Path(name_or_path) / "onnx"
-        folder, source = (inside, name_or_path) if inside.is_dir() else (Path(name_or_path), None)
-        model = OnnxAffectModel(folder, int8=backend == "onnx-int8", source_model_dir=source)
-        processor = AutoImageProcessor.from_pretrained(folder)
-        return model, tuple(processor.image_mean), tuple(processor.image_std)
-    model = AutoModel.from_pretrained(name_or_path, **hub_options).eval().to(resolve_device(device))
-    try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, **hub_options)
-        mean, std = processor.image_mean, processor.image_std
-    except OSError:  # a folder without preprocessor_config.json: the training transform's values
-        mean, std = IMAGE_MEAN, IMAGE_STD
-    return model, tuple(mean), tuple(std)
-
-
-@dataclass
-class FrameAnalysis:
-    """One picture's faces (best first) and the model's `affect_scores` for each, row i for face i."""
-
-    faces: FaceDetections
-    scores: dict[str, torch.Tensor]
+def check_face_options(min_face_score: float, max_faces: int | None) -> None:
+    """The detector options every tool takes, range-checked once."""
+    if not 0 <= min_face_score <= 1:
+        raise ValueError(f"min_face_score must lie in [0, 1] (a detector probability), got {min_face_score}")
+    if max_faces is not None and max_faces < 1:
+        raise ValueError(f"max_faces must be at least 1 (or None for every face), got {max_faces}")
 
 
 class FaceAffectAnalyzer:
@@ -95,6 +43,8 @@ class FaceAffectAnalyzer:
         std: Sequence[float] = IMAGE_STD,
         batch_size: int = 32,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.detector, self.batch_size = model, detector, batch_size
         self.config = model.config
         self.device = model.device
@@ -114,19 +64,24 @@ class FaceAffectAnalyzer:
         backend: str = "torch",
         **hub_options: Any,
     ) -> "FaceAffectAnalyzer":
-        device = resolve_device(device)
-        affect_model, mean, std = load_affect_model(model, device, backend, **hub_options)
+        check_face_options(min_face_score, max_faces)
+        affect_model = load_affect_model(model, backend=backend, device=device, **hub_options)
+        mean, std = load_image_normalisation(model, **hub_options)
         if isinstance(detector, str):
-            detector = load_face_detector(detector, device, min_score=min_face_score, max_faces=max_faces)
+            detector = load_face_detector(detector, affect_model.device, min_score=min_face_score, max_faces=max_faces)
         return cls(affect_model, detector, mean, std, batch_size)
+
+    @property
+    def landmark_names(self) -> tuple[str, ...]:
+        return tuple(self.detector.keypoint_names)
 
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
         """Aligned crops in [0, 255] -> the model's inputs, with the saved image processor's mean and std."""
         return (crops - self.mean) / self.std
 
     @torch.inference_mode()
-    def analyze(self, images: Sequence[ImageInput]) -> list[FrameAnalysis]:
-        """Every face of every picture, with its scores; pictures without a face get an empty analysis."""
+    def analyze_images(self, images: Sequence[ImageInput]) -> list[list[FaceResult]]:
+        """Every face of every picture (best first, `face_id` their rank); a picture without a face gets []."""
         tensors = [as_image_tensor(image) for image in images]
         detections = self.detector(tensors)
         crops = [
@@ -140,15 +95,26 @@ class FaceAffectAnalyzer:
             outputs = self.model(pixel_values=pixel_values.to(self.model.dtype))
             chunks.append({name: value.cpu() for name, value in affect_scores(outputs, self.config).items()})
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
-        analyses, start = [], 0
+        results, row = [], 0
         for faces in detections:
-            stop = start + len(faces)
-            analyses.append(FrameAnalysis(faces, {name: value[start:stop] for name, value in scores.items()}))
-            start = stop
-        return analyses
+            boxes, landmarks = faces.boxes.tolist(), faces.landmarks.tolist()
+            results.append([
+                FaceResult(
+                    box=tuple(boxes[i]),
+                    score=float(faces.scores[i]),
+                    landmarks={name: tuple(point) for name, point in zip(faces.keypoint_names, landmarks[i],
+                                                                          strict=True)},
+                    face_id=i,
+                    **describe(scores, row + i, self.config),
+                )
+                for i in range(len(faces))
+            ])  # fmt: skip
+            row += len(faces)
+        return results
 
     def __call__(self, images: ImageInput | str | Sequence[ImageInput | str]) -> list[dict] | list[list[dict]]:
-        """Per picture, one result per face (best first): box, score, landmarks and the affect pipeline's fields.
+        """Per picture, one answer per face (best first): `FaceResult.to_dict()`, the box, score, landmarks, face id
+        and the affect pipeline's fields.
 
         Pictures are paths, URLs, PIL images or H x W x 3 uint8 arrays; one picture gives one list of faces.
         """
@@ -158,17 +124,7 @@ class FaceAffectAnalyzer:
         for start in range(0, len(pictures), self.batch_size):  # paths are read a batch at a time
             chunk = [load_image(str(p)) if isinstance(p, (str, os.PathLike)) else p
                      for p in pictures[start : start + self.batch_size]]  # fmt: skip
-            for analysis in self.analyze(chunk):
-                faces = analysis.faces
-                results.append([
-                    {
-                        "box": faces.boxes[i].tolist(),
-                        "score": float(faces.scores[i]),
-                        "landmarks": dict(zip(faces.keypoint_names, faces.landmarks[i].tolist(), strict=True)),
-                        **describe(analysis.scores, i, self.config),
-                    }
-                    for i in range(len(faces))
-                ])  # fmt: skip
+            results += [[face.to_dict() for face in faces] for faces in self.analyze_images(chunk)]
         return results[0] if single else results
 
 
@@ -180,3 +136,6 @@ def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
     options such as `revision` or `trust_remote_code`.
     """
     return FaceAffectAnalyzer.from_pretrained(model, **options)
+
+
+__all__ = ["FaceAffectAnalyzer", "check_face_options", "pipeline"]

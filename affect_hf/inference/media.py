@@ -1,4 +1,5 @@
-"""Pictures and videos as one stream of frames: folders walked, each file sniffed, video decoded by PyAV as it goes.
+"""Pictures and videos as one stream of frames: folders walked, each file sniffed, video decoded by PyAV as it goes;
+pictures already in memory (PIL images, arrays) join the stream as they are.
 
 Decoding runs in a background thread that fills a bounded queue, so the CPU decodes the next frames while the
 model works on these, and memory stays flat however long the video.
@@ -8,14 +9,16 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
+
+from ..data.pictures import MAX_PIXELS, read_picture
+from ..faces.detection import as_image_tensor
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,17 @@ class Frame:
 
 
 @dataclass
+class Picture:
+    """A picture given in memory rather than as a file; `name` is its `source` in the table (`<image N>`)."""
+
+    name: str
+    image: torch.Tensor  # 3 x H x W uint8 RGB
+
+
+MediaInput = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
 class MediaReport:
     """What the reader met: files read, files skipped (with the reason) and video packets that failed to decode."""
 
@@ -44,40 +58,45 @@ class MediaReport:
     cut_at_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def expand_paths(paths: list[str | os.PathLike], exclude: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
-    """Files as given, folders walked (sorted, hidden entries left out), without `exclude` (this run's own outputs,
-    files or folders); a path that does not exist, or nothing at all to read, is an error."""
+def expand_inputs(
+    inputs: MediaInput | Sequence[MediaInput], exclude: tuple[str | os.PathLike, ...] = ()
+) -> list[Path | Picture]:
+    """What there is to read, in the order given: files as they are, folders walked (sorted, hidden entries left
+    out), pictures in memory (PIL images, H x W x 3 uint8 arrays, 3 x H x W uint8 tensors) named `<image N>` by
+    their position among `inputs`. `exclude` (this run's own outputs, files or folders) is left out; a path that
+    does not exist, or nothing at all to read, is an error."""
+    if isinstance(inputs, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
+        inputs = [inputs]
     excluded = [Path(path).absolute() for path in exclude]
-    files = []
-    for path in map(Path, paths):
+    items: list[Path | Picture] = []
+    for position, item in enumerate(inputs):
+        if not isinstance(item, (str, os.PathLike)):
+            items.append(Picture(f"<image {position}>", as_image_tensor(item)))
+            continue
+        path = Path(item)
         if path.is_dir():
-            files += sorted(
+            files = sorted(
                 file
                 for file in path.rglob("*")
                 if file.is_file() and not any(p.startswith(".") for p in file.parts[len(path.parts) :])
             )
         elif path.is_file():
-            files.append(path)
+            files = [path]
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
-    files = [file for file in files if not any(file.absolute().is_relative_to(out) for out in excluded)]
-    if not files:
-        raise FileNotFoundError(f"no file to read in {', '.join(map(str, paths))}")
-    return files
+        items += [file for file in files if not any(file.absolute().is_relative_to(out) for out in excluded)]
+    if not items:
+        named = ", ".join(str(item) for item in inputs if isinstance(item, (str, os.PathLike)))
+        raise FileNotFoundError(f"no file to read in {named or 'the inputs'}")
+    return items
 
 
-def read_still_image(path: Path) -> torch.Tensor | None:
-    """The picture as 3 x H x W uint8 RGB, upright as its EXIF orientation says (phone photos), or None when PIL
-    does not recognise the file as an image."""
+def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor | None:
+    """The picture as 3 x H x W uint8 RGB, upright as its EXIF orientation says (phone photos); None when the file
+    is no picture (it may be a video). A picture that is refused (beyond `max_pixels`) or broken raises `OSError`."""
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            image = PIL.ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: convert("RGB") would clip it to white
-                values = np.asarray(image, dtype=np.float64)
-                image = PIL.Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8))
-            rgb = image.convert("RGB")
-    except (PIL.UnidentifiedImageError, OSError, ValueError):
+        rgb = read_picture(path, max_pixels)
+    except (PIL.UnidentifiedImageError, ValueError):
         return None
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
 
@@ -149,13 +168,32 @@ def is_video(path: Path) -> str | None:
 
 
 def iter_frames(
-    files: list[Path], every_n_frames: int, report: MediaReport, stop: threading.Event, max_seconds: float | None = None
+    items: list[Path | Picture],
+    every_n_frames: int,
+    report: MediaReport,
+    stop: threading.Event,
+    max_seconds: float | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[Frame]:
-    """Every file's frames in order; unreadable files are logged, recorded in `report.skipped` and passed over."""
-    for path in files:
+    """Every input's frames in order; unreadable files are logged, recorded in `report.skipped` and passed over.
+
+    A file that is a picture is never handed to the video reader, also when it is refused (PyAV would open a PNG
+    as a one-frame video).
+    """
+    for path in items:
         if stop.is_set():
             return
-        image = read_still_image(path)
+        if isinstance(path, Picture):
+            report.images += 1
+            yield Frame(path.name, 0, None, path.image)
+            continue
+        try:
+            image = read_still_image(path, max_pixels)
+        except OSError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            logger.warning("skipped %s: %s", path, reason)
+            report.skipped.append((str(path), reason))
+            continue
         if image is not None:
             report.images += 1
             yield Frame(str(path), 0, None, image)
@@ -180,7 +218,12 @@ _END = object()
 
 
 def prefetched_frames(
-    files: list[Path], every_n_frames: int, report: MediaReport, max_queued: int, max_seconds: float | None = None
+    items: list[Path | Picture],
+    every_n_frames: int,
+    report: MediaReport,
+    max_queued: int,
+    max_seconds: float | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[Frame]:
     """`iter_frames` run in a background thread, at most `max_queued` frames ahead of the consumer."""
     frames: queue.Queue = queue.Queue(maxsize=max_queued)
@@ -197,7 +240,7 @@ def prefetched_frames(
 
     def produce() -> None:
         try:
-            for frame in iter_frames(files, every_n_frames, report, stop, max_seconds):
+            for frame in iter_frames(items, every_n_frames, report, stop, max_seconds, max_pixels):
                 hand_over(frame)
             hand_over(_END)
         except BaseException as error:  # noqa: BLE001  (handed to the consumer, raised there)

@@ -3,7 +3,6 @@
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -11,24 +10,23 @@ import PIL.ImageDraw
 
 from ..files import StagedFile
 from .media import Frame
+from .results import FaceResult
 
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
 
-def draw_faces(image: PIL.Image.Image, rows: list[dict[str, Any]]) -> PIL.Image.Image:
-    """Boxes and labels of one frame's rows (the table's rows) drawn on a copy of `image`."""
+def draw_faces(image: PIL.Image.Image, faces: list[FaceResult]) -> PIL.Image.Image:
+    """Each face's box, id, expression and valence/arousal drawn on a copy of `image`."""
     image = image.copy()
     draw = PIL.ImageDraw.Draw(image)
-    for row in rows:
-        if row.get("face_id") is None:
-            continue
-        color = PALETTE[row["face_id"] % len(PALETTE)]
-        box = [row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"]]
+    for face in faces:
+        color = PALETTE[(face.face_id or 0) % len(PALETTE)]
+        box = list(face.box)
         draw.rectangle(box, outline=color, width=2)
-        label = f"#{row['face_id']} {row['expression']}"
-        if "valence" in row:
-            label += f" V{row['valence']:+.2f} A{row['arousal']:+.2f}"
+        label = f"#{face.face_id} {face.expression}"
+        if face.valence is not None:
+            label += f" V{face.valence:+.2f} A{face.arousal:+.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
         y = max(0, box[1] - (bottom - top) - 4)
         draw.rectangle([box[0], y, box[0] + right - left + 4, y + bottom - top + 4], fill=color)
@@ -44,15 +42,18 @@ class OverlayWriter:
     first video among the inputs; other videos and still pictures are not drawn.
     """
 
-    def __init__(self, path: str | os.PathLike, config: Any):
-        import av  # noqa: F401  (fail before any frame is read when PyAV is missing)
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import av  # noqa: F401  (fail before any frame is read when PyAV is missing)
+        except ImportError:
+            raise ImportError("--overlay writes a video with PyAV: pip install 'affect-hf[video]'") from None
 
-        self.path, self.config = Path(path), config
+        self.path = Path(path)
         self.source: str | None = None
         self.container = self.stream = None
         self.staging: StagedFile | None = None
 
-    def add(self, frame: Frame, rows: list[dict[str, Any]], rate: float | None, every_n_frames: int) -> None:
+    def add(self, frame: Frame, faces: list[FaceResult], rate: float | None, every_n_frames: int) -> None:
         import av
 
         if frame.time is None or self.source not in (None, frame.source):
@@ -67,7 +68,7 @@ class OverlayWriter:
                 height, width = frame.image.shape[1:]
                 self.stream.width, self.stream.height = width // 2 * 2, height // 2 * 2
                 self.stream.pix_fmt = "yuv420p"
-            picture = draw_faces(PIL.Image.fromarray(frame.image.permute(1, 2, 0).numpy()), rows)
+            picture = draw_faces(PIL.Image.fromarray(frame.image.permute(1, 2, 0).numpy()), faces)
             array = np.ascontiguousarray(np.asarray(picture)[: self.stream.height, : self.stream.width])
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 self.container.mux(packet)

@@ -8,18 +8,17 @@ thresholds. A face's first frame, and a frame after a gap longer than the tracke
 """
 
 import math
+from dataclasses import replace
 
 import torch
 
-from modeling.pipeline_affect import with_decisions
-
-
-SMOOTHED = ("valence_arousal", "expression_probabilities", "au_probabilities")
+from ..modeling.pipeline_affect import describe, with_decisions
+from .results import FaceResult
 
 
 class ExponentialSmoother:
-    """`update(face_id, time, scores)` -> the face's smoothed scores; `time_constant` in seconds (63% of the weight
-    on the last `time_constant` seconds)."""
+    """`update(face, time)` -> a copy of the face with its outputs smoothed over its earlier frames (by `face_id`);
+    `time_constant` in seconds (63% of the weight on the last `time_constant` seconds)."""
 
     def __init__(self, time_constant: float, config):
         if time_constant <= 0:
@@ -27,16 +26,25 @@ class ExponentialSmoother:
         self.time_constant, self.config = time_constant, config
         self.state: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
 
-    def update(self, face_id: int, time: float, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`scores`: one face's `affect_scores` (tensors with a leading dimension of 1)."""
-        current = {name: scores[name] for name in SMOOTHED if name in scores}
-        if face_id in self.state:
-            last_time, previous = self.state[face_id]
+    def update(self, face: FaceResult, time: float) -> FaceResult:
+        current = _scores(face)
+        if face.face_id in self.state:
+            last_time, previous = self.state[face.face_id]
             keep = math.exp(-max(time - last_time, 0.0) / self.time_constant)
             current = {name: keep * previous[name] + (1 - keep) * value for name, value in current.items()}
-        self.state[face_id] = (time, current)
-        return with_decisions({**scores, **current}, self.config)
+        self.state[face.face_id] = (time, current)
+        return replace(face, **describe(with_decisions(current, self.config), 0, self.config))
 
     def forget(self, face_ids: set[int]) -> None:
         for face_id in set(self.state) - face_ids:
             del self.state[face_id]
+
+
+def _scores(face: FaceResult) -> dict[str, torch.Tensor]:
+    """A face's probabilities (and valence/arousal) as the 1-row tensors `affect_scores` gives."""
+    scores = {"expression_probabilities": torch.tensor([list(face.expression_scores.values())])}
+    if face.valence is not None:
+        scores["valence_arousal"] = torch.tensor([[face.valence, face.arousal]])
+    if face.au_probabilities is not None:
+        scores["au_probabilities"] = torch.tensor([list(face.au_probabilities.values())])
+    return scores

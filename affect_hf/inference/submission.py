@@ -25,12 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModel
 
-from modeling.pipeline_affect import affect_scores
-
-from ..data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, load_abaw_mtl
-from ..data.abaw_lsd import ABAW_LSD_HEADER, load_abaw_lsd, lsd_test_names
+from ..data.abaw_lsd import ABAW_LSD_HEADER, lsd_test_names
 from ..data.abaw_mtl import (
     ABAW_MTL_ANNOTATION_FILES,
     ABAW_MTL_HEADER,
@@ -40,6 +36,7 @@ from ..data.abaw_mtl import (
     parse_test_list,
 )
 from ..data.abaw_tracks import ABAW_TRACK_FIELDS, ABAW_TRACK_HEADERS, ABAW_TRACKS
+from ..evaluation import check_model_for_track, iter_predictions, load_split, split_dataset
 from ..files import atomic_path, write_text_atomically
 from ..labels import (
     ABAW_EXPRESSIONS,
@@ -50,6 +47,8 @@ from ..labels import (
     NUM_ACTION_UNITS,
     NUM_EXPRESSIONS,
 )
+from ..modeling.pipeline_affect import with_decisions
+from ..models import load_affect_model
 
 
 logger = logging.getLogger(__name__)
@@ -256,22 +255,22 @@ def predict_abaw(
     max_batches: int | None = None,
     image_dir: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
+    backend: str = "torch",
 ) -> Path | None:
     """Predict the `track`'s test list with the model folder at `model_path` and write the submission `output`.
 
     Progress is saved every `save_every` batches in `<output>.partial.npz`: run again with the same arguments to
     resume. `max_batches` stops after that many batches (a time-boxed job), keeping the progress and writing no
     submission (returns None). The finished file is checked with `validate_submission`. The uni-task tracks
-    ("va", "expr", "au") read their frames from `test_list` (see the module's docstring).
+    ("va", "expr", "au") read their frames from `test_list` (see the module's docstring). `backend` is
+    `affect_hf.models.load_affect_model`'s (torch, onnx, onnx-int8).
     """
     output = Path(output)
     if track not in SUBMISSION_TRACKS:
         raise ValueError(f"unknown submission track {track!r}; expected one of {', '.join(SUBMISSION_TRACKS)}")
     names = abaw_test_names(data_dir, track, test_list)
-    if track == "mtl":
-        split = load_abaw_mtl(data_dir, "test", image_dir=image_dir)
-    elif track == "lsd":
-        split = load_abaw_lsd(data_dir, "test", image_dir=image_dir)
+    if track in ("mtl", "lsd"):
+        split = load_split(data_dir, track, "test", image_dir=image_dir)
     else:  # the frames that have a crop; the others are filled in from their neighbours
         image_dir = Path(image_dir) if image_dir is not None else Path(data_dir) / ABAW_MTL_IMAGE_DIR
         count = len(names)
@@ -288,44 +287,35 @@ def predict_abaw(
             f"{len(names) - len(split)} of the {len(names)} test images are missing (see the warning above): a "
             "submission must predict every one"
         )
-    if os.sep in str(model_path) and not Path(model_path).is_dir():
-        raise FileNotFoundError(f"model folder not found: {model_path}")
-    model = AutoModel.from_pretrained(model_path).eval()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model.to(device)
-    check_model_for_track(model, track, model_path)
-    size = model.config.image_size
-    if track == "lsd":
-        dataset = ImageDataset(split, AffectImageTransform(size, train=False))
-    else:
-        dataset = AbawMtlTorchDataset(split, image_size=size, train=False)
+    model = load_affect_model(model_path, backend=backend, device=device)
+    check_model_for_track(model.config, track, model_path)
+    dataset = split_dataset(split, "lsd" if track == "lsd" else "mtl", model.config.image_size)
 
     partial = output.with_name(output.name + ".partial.npz")
     sources = [Path(p).absolute() if p is not None else None for p in (model_path, data_dir, image_dir, test_list)]
-    fingerprint = f"{'|'.join(map(str, sources))}|{track}|{len(names)}"
+    fingerprint = f"{'|'.join(map(str, sources))}|{track}|{len(names)}|{backend}"
     predictions = Predictions.load(partial, fingerprint, len(split)) or Predictions.empty(len(split))
     if predictions.done:
         logger.info("resuming at image %d of %d from %s", predictions.done + 1, len(split), partial)
     remaining = torch.utils.data.Subset(dataset, range(predictions.done, len(split)))
     loader = DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     progress = tqdm(total=len(split), initial=predictions.done, desc=f"predict {track}")
-    with torch.inference_mode():
-        for number, batch in enumerate(loader, start=1):
-            scores = affect_scores(model(pixel_values=batch["pixel_values"].to(device)), model.config)
-            rows = slice(predictions.done, predictions.done + len(batch["pixel_values"]))
-            predictions.expression[rows] = scores["expression_probabilities"].argmax(dim=-1).cpu().numpy()
-            if "valence_arousal" in scores:
-                predictions.valence_arousal[rows] = scores["valence_arousal"].cpu().numpy()
-            if "au_active" in scores:
-                predictions.action_units[rows] = scores["au_active"].int().cpu().numpy()
-            predictions.done = rows.stop
-            progress.update(len(batch["pixel_values"]))
-            if number % save_every == 0 or (max_batches is not None and number >= max_batches):
-                predictions.save(partial, fingerprint)
-            if max_batches is not None and number >= max_batches and predictions.done < len(split):
-                progress.close()
-                logger.info("stopped after %d batches; %d of %d images predicted", number, predictions.done, len(split))
-                return None
+    for number, scores in enumerate(iter_predictions(model, loader), start=1):
+        rows = slice(predictions.done, predictions.done + len(scores["expression"]))
+        predictions.expression[rows] = scores["expression"].argmax(dim=-1).numpy()
+        if "valence_arousal" in scores:
+            predictions.valence_arousal[rows] = scores["valence_arousal"].numpy()
+        if "action_units" in scores:
+            decided = with_decisions({"au_probabilities": scores["action_units"]}, model.config)
+            predictions.action_units[rows] = decided["au_active"].int().numpy()
+        predictions.done = rows.stop
+        progress.update(len(scores["expression"]))
+        if number % save_every == 0 or (max_batches is not None and number >= max_batches):
+            predictions.save(partial, fingerprint)
+        if max_batches is not None and number >= max_batches and predictions.done < len(split):
+            progress.close()
+            logger.info("stopped after %d batches; %d of %d images predicted", number, predictions.done, len(split))
+            return None
     progress.close()
     if track == "mtl":
         lines = mtl_submission_lines(
@@ -339,19 +329,6 @@ def predict_abaw(
     validate_submission(output, track, names)
     partial.unlink(missing_ok=True)
     return output
-
-
-def check_model_for_track(model: torch.nn.Module, track: str, model_path: str | os.PathLike) -> None:
-    """A model that cannot answer the track is refused before any image is read."""
-    config = model.config
-    if track in ("mtl", "va", "au") and not hasattr(config, "au_thresholds"):
-        raise ValueError(f"{model_path} is a {config.model_type} model: the {track.upper()} track needs an EMMA")
-    if track == "lsd" and config.num_labels != len(LSD_EXPRESSIONS):
-        raise ValueError(f"{model_path} predicts {config.num_labels} classes: the LSD track needs 6")
-    if track == "expr":
-        labels = [config.id2label[i] for i in range(config.num_labels)]
-        if labels != list(ABAW_EXPRESSIONS):
-            raise ValueError(f"{model_path} predicts {labels}: the expr track needs the ABAW order {ABAW_EXPRESSIONS}")
 
 
 def fill_frames_without_crop(names: list[str], predicted: list[str], predictions: Predictions) -> Predictions:

@@ -26,7 +26,8 @@ from affect_hf.labels import (
     NUM_EXPRESSIONS,
     valid_labels,
 )
-from modeling.losses import concordance_correlation_coefficient
+
+from ..modeling.losses import concordance_correlation_coefficient
 
 
 ArrayLike = Union[np.ndarray, Sequence, torch.Tensor]

@@ -1,10 +1,17 @@
-"""Training with Accelerate: `accelerate launch scripts/train.py --recipe {emma,mae,cotex,dan} ...`."""
+"""Training with Accelerate: `accelerate launch scripts/train.py --recipe {emma,mae,cotex,dan} ...`.
 
-from .arguments import RECIPE_NAMES, TrainingArguments, parse_train_arguments
+One loop (`loop`: how) for every recipe (`recipes`: what). From outside this package a recipe is reached through
+`get_recipe(name)` only.
+"""
+
+from .arguments import TrainingArguments, resolve_mixed_precision
+from .command_line import parse_train_arguments
 from .loop import NoModelSavedError, NonFiniteLossError, main, train
-from .optimization import layer_decay_parameter_groups, weight_decay_parameter_groups
+from .optimization import build_schedule, layer_decay_parameter_groups, weight_decay_parameter_groups
 from .presets import EMMA_PRESETS, emma_config_from_preset
-from .recipes import get_recipe
+from .recipes import RECIPE_NAMES, get_recipe
+from .state import TrainerState
+from .step import TrainingStep
 
 
 __all__ = [
@@ -12,12 +19,16 @@ __all__ = [
     "RECIPE_NAMES",
     "NoModelSavedError",
     "NonFiniteLossError",
+    "TrainerState",
     "TrainingArguments",
+    "TrainingStep",
+    "build_schedule",
     "emma_config_from_preset",
     "get_recipe",
     "layer_decay_parameter_groups",
     "main",
     "parse_train_arguments",
+    "resolve_mixed_precision",
     "train",
     "weight_decay_parameter_groups",
 ]

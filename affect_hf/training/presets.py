@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig, ViTMAEConfig
 
-from modeling import CotexConfig, DanConfig, EmmaConfig
+from ..modeling import CotexConfig, DanConfig, EmmaConfig
 
 
 # The ViT of every recipe: ViT-B/16 at 224 px (MAE base), or a tiny one at 32 px.

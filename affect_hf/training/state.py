@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,38 @@ RESUME_FINGERPRINT_KEYS = (
 
 class CorruptStateError(RuntimeError):
     """A saved training state that cannot be read back."""
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: its counters, its best evaluation and its history (as transformers' `TrainerState`).
+
+    Saved with every training state (`trainer_state.json`) and as the run's record (`training_history.json`);
+    `train()` returns `to_dict()`. `run` is the fingerprint a resume must match (see `RESUME_FINGERPRINT_KEYS`).
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    best_step: int | None = None
+    best_scores: dict[str, float] | None = None
+    saved_model_step: int | None = None
+    train_images: int = 0
+    unreadable_images: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainerState":
+        """A saved state; keys this version does not know are left out."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, run_files: tuple[str, ...] = ()) -> None:
@@ -144,7 +177,7 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
     ]
 
 
-def select_resume_state(output_dir: Path, request: str, fingerprint: dict[str, Any]) -> tuple[Path, dict]:
+def select_resume_state(output_dir: Path, request: str, fingerprint: dict[str, Any]) -> tuple[Path, TrainerState]:
     """The state to resume from and its trainer state.
 
     `latest` tries the newest state, then older ones, with a warning naming each corrupt state; an explicit path
@@ -174,7 +207,7 @@ def select_resume_state(output_dir: Path, request: str, fingerprint: dict[str, A
             )
         if problems:
             logger.warning("resuming from the earlier intact state %s", path)
-        return path, trainer_state
+        return path, TrainerState.from_dict(trainer_state)
     detail = f" ({'; '.join(problems)})" if problems else ""
     raise FileNotFoundError(f"no intact training state to resume from in {output_dir / CHECKPOINTS_DIR}{detail}")
 
@@ -190,7 +223,7 @@ def _is_intact(path: Path) -> bool:
 def save_training_state(
     accelerator: Accelerator,
     output_dir: Path,
-    trainer_state: dict[str, Any],
+    trainer_state: TrainerState,
     total_limit: int,
     stream_state: dict | None = None,
 ) -> Path:
@@ -200,7 +233,7 @@ def save_training_state(
     after the new one is in place.
     """
     states_dir = output_dir / CHECKPOINTS_DIR
-    final = states_dir / f"{STATE_PREFIX}{trainer_state['global_step']:08d}"
+    final = states_dir / f"{STATE_PREFIX}{trainer_state.global_step:08d}"
     # Every process writes its part into the same staging folder, so its name is fixed, not random.
     staging = states_dir / f".{final.name}.tmp"
     if accelerator.is_main_process:
@@ -214,7 +247,7 @@ def save_training_state(
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
+        write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state.to_dict(), indent=2))
         replace_directory(staging, final)
         for old in state_dirs(output_dir)[total_limit:]:
             shutil.rmtree(old)
@@ -227,5 +260,5 @@ def load_stream_state(path: Path, rank: int) -> dict | None:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
-def write_history(output_dir: Path, trainer_state: dict[str, Any]) -> None:
-    write_text_atomically(output_dir / HISTORY_FILE, json.dumps(trainer_state, indent=2))
+def write_history(output_dir: Path, trainer_state: TrainerState) -> None:
+    write_text_atomically(output_dir / HISTORY_FILE, json.dumps(trainer_state.to_dict(), indent=2))

@@ -1,23 +1,22 @@
-"""The recipes: what each model of the paper is trained on and how it is scored (the loop says how to train)."""
+"""The recipes: what each model of the paper is trained on and how it is scored (the loop says how to train).
 
-from .base import Evaluation, Recipe, RecipeData
+`RECIPES` is the one home of the recipe names; each recipe module is imported when its recipe is asked for (each
+pulls in its own data code). From outside `affect_hf.training`, recipes are reached through `get_recipe` only.
+"""
+
+from importlib import import_module
 
 
-def get_recipe(name: str) -> type[Recipe]:
-    """The recipe class registered under `name` (imported on demand: each pulls in its own data code)."""
-    if name == "emma":
-        from .emma import EmmaRecipe as recipe
-    elif name == "mae":
-        from .mae import MaeRecipe as recipe
-    elif name == "cotex":
-        from .cotex import CotexRecipe as recipe
-    elif name == "dan":
-        from .dan import DanRecipe as recipe
-    else:
-        from ..arguments import RECIPE_NAMES
+# Recipe name -> its class, in the module of the same name.
+RECIPES = {"emma": "EmmaRecipe", "mae": "MaeRecipe", "cotex": "CotexRecipe", "dan": "DanRecipe"}
+RECIPE_NAMES = tuple(RECIPES)
 
+
+def get_recipe(name: str) -> type:
+    """The recipe class registered under `name` (a subclass of `recipes.base.Recipe`)."""
+    if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPE_NAMES)}")
-    return recipe
+    return getattr(import_module(f".{name}", __name__), RECIPES[name])
 
 
-__all__ = ["Evaluation", "Recipe", "RecipeData", "get_recipe"]
+__all__ = ["RECIPES", "RECIPE_NAMES", "get_recipe"]

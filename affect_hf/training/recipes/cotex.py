@@ -13,14 +13,12 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from model_cards import COTEX_TEMPLATE
-from modeling import CotexConfig, CotexForImageClassification
-from modeling.configuration_cotex import JS_REDUCTIONS
-
 from ...data import AffectImageTransform, ImageDataset, class_label
-from ...data.abaw_lsd import load_abaw_lsd
+from ...evaluation import evaluate_classifier, load_split, split_dataset
 from ...labels import LSD_EXPRESSIONS
-from ..evaluation import evaluate_classifier
+from ...model_cards import COTEX_TEMPLATE
+from ...modeling import CotexConfig, CotexForImageClassification
+from ...modeling.configuration_cotex import JS_REDUCTIONS
 from ..presets import config_from_preset
 from .base import VIT_FINETUNING_DEFAULTS, Evaluation, RecipeData, ViTFineTuningRecipe
 from .checks import check_model_folder, limit_rows
@@ -120,22 +118,23 @@ class CotexRecipe(ViTFineTuningRecipe):
 
     def build_data(self, model: CotexForImageClassification, accelerator: Accelerator) -> RecipeData:
         args, size = self.args, model.config.image_size
-        train_split = limit_rows(load_abaw_lsd(self.recipe_args.data_dir, "train"), args.max_train_samples, args.seed)
-        eval_split = limit_rows(
-            load_abaw_lsd(self.recipe_args.data_dir, "validation"), args.max_eval_samples, args.seed
-        )
+        data_dir = self.recipe_args.data_dir
+        train_split = limit_rows(load_split(data_dir, "lsd", "train"), args.max_train_samples, args.seed)
+        eval_split = limit_rows(load_split(data_dir, "lsd", "validation"), args.max_eval_samples, args.seed)
         train_transform = AffectImageTransform(
             size, train=True, resize_scale=COTEX_RESIZE_SCALE, color_jitter_probability=0.0
         )
         labels = class_label()
         return RecipeData(
             train=ImageDataset(train_split, train_transform, labels, train=True, seed=args.seed),
-            evaluation=ImageDataset(eval_split, AffectImageTransform(size, train=False), labels),
+            evaluation=split_dataset(eval_split, "lsd", size),
             description=f"ABAW LSD {len(train_split)} synthetic training / {len(eval_split)} real validation faces",
         )
 
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
-        return Evaluation(scores=evaluate_classifier(model, dataloader, accelerator, LSD_EXPRESSIONS))
+        return Evaluation(
+            scores=evaluate_classifier(model, dataloader, LSD_EXPRESSIONS, accelerator.gather_for_metrics)
+        )
 
 
 __all__ = ["CotexArguments", "CotexRecipe", "grown_batch_size"]

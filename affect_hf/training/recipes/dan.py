@@ -15,13 +15,12 @@ import numpy as np
 from accelerate import Accelerator
 from transformers import ResNetModel
 
-from model_cards import DAN_TEMPLATE
-from modeling import DanConfig, DanForImageClassification
-
 from ...data import AffectImageTransform, ClassBalancedDataset, DanTrainTransform, ImageDataset, class_label
 from ...data.affectnet import load_affectnet
+from ...evaluation import evaluate_classifier
 from ...labels import AFFECTNET_EXPRESSIONS
-from ..evaluation import evaluate_classifier
+from ...model_cards import DAN_TEMPLATE
+from ...modeling import DanConfig, DanForImageClassification
 from ..presets import config_from_preset
 from .base import Evaluation, Recipe, RecipeData
 from .checks import check_model_folder, limit_rows
@@ -116,7 +115,9 @@ class DanRecipe(Recipe):
         )
 
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
-        return Evaluation(scores=evaluate_classifier(model, dataloader, accelerator, AFFECTNET_EXPRESSIONS))
+        return Evaluation(
+            scores=evaluate_classifier(model, dataloader, AFFECTNET_EXPRESSIONS, accelerator.gather_for_metrics)
+        )
 
 
 __all__ = ["DanArguments", "DanRecipe"]

@@ -13,22 +13,18 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from model_cards import EMMA_TEMPLATE
-from modeling import EmmaForAffectAnalysis
-
-from ...data import AbawMtlTorchDataset, load_abaw_mtl
-from ...data.abaw_tracks import load_abaw_track
+from ...data import AbawMtlTorchDataset
+from ...evaluation import TRACK_SELECTION, collect_predictions, load_split, score_predictions, split_dataset
 from ...labels import MISSING_ACTION_UNIT
-from ...metrics import ABAW_TASK_SCORES, abaw_mtl_score, abaw_task_scores, fit_au_thresholds
-from ..evaluation import gather_predictions
+from ...model_cards import EMMA_TEMPLATE
+from ...modeling import EmmaForAffectAnalysis
 from ..presets import emma_config_from_preset
 from .base import VIT_FINETUNING_DEFAULTS, Evaluation, RecipeData, ViTFineTuningRecipe
 from .checks import check_model_folder, limit_rows
 
 
-# The label column of each uni-task track, and the score that selects the model for each task.
-TASK_LABELS = {"va": "valence_arousal", "expr": "expression", "au": "action_units"}
-TASK_SELECTION = {"mtl": "P_MTL", **ABAW_TASK_SCORES}
+# The ABAW tasks an EMMA trains on: the MTL set, or one Aff-Wild2 uni-task track.
+EMMA_TASKS = ("mtl", "va", "expr", "au")
 
 
 @dataclass
@@ -49,7 +45,7 @@ class EmmaArguments:
         metadata={
             "help": "mtl: the ABAW4 MTL files; va, expr, au: an Aff-Wild2 uni-task track (its heads are trained, "
             "its score selects the model).",
-            "choices": ("mtl", *TASK_LABELS),
+            "choices": EMMA_TASKS,
         },
     )
     au_pos_weight: str = field(
@@ -60,7 +56,7 @@ class EmmaArguments:
     )
 
     def __post_init__(self):
-        if self.task not in ("mtl", *TASK_LABELS):
+        if self.task not in EMMA_TASKS:
             raise ValueError(f"--task must be mtl, va, expr or au, got {self.task!r}")
         if self.au_pos_weight not in ("data", "config"):
             raise ValueError(f"--au_pos_weight must be 'data' or 'config', got {self.au_pos_weight!r}")
@@ -73,61 +69,6 @@ def au_pos_weight_from_labels(action_units: np.ndarray) -> list[float]:
     negatives = ((action_units == 0) & valid).sum(axis=0)
     weights = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
     return [float(weight) for weight in weights]
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, dataloader, accelerator: Accelerator) -> tuple[dict, dict]:
-    """EMMA's predictions and references over a whole split, in order, gathered across processes."""
-
-    def extract(outputs, batch) -> dict[str, torch.Tensor]:
-        return {
-            "valence_arousal": outputs.valence_arousal,
-            "expression": outputs.logits,
-            "action_units": torch.sigmoid(outputs.au_logits.float()),
-            "ref_valence_arousal": batch["valence_arousal"],
-            "ref_expression": batch["expression"],
-            "ref_action_units": batch["action_units"],
-        }
-
-    arrays = gather_predictions(model, dataloader, accelerator, extract)
-    tasks = ("valence_arousal", "expression", "action_units")
-    predictions = {task: arrays[task] for task in tasks}
-    references = {
-        "valence_arousal": arrays["ref_valence_arousal"],
-        "expression": arrays["ref_expression"].astype(np.int64),
-        "action_units": arrays["ref_action_units"].astype(np.int64),
-    }
-    return predictions, references
-
-
-def evaluate_model(
-    model: torch.nn.Module, dataloader, accelerator: Accelerator, au_thresholds: list[float], task: str = "mtl"
-) -> tuple[dict[str, float], np.ndarray]:
-    """ABAW scores at the model's AU thresholds, plus P_AU (and P_MTL) with thresholds fitted on this split.
-
-    `task` "mtl" scores the three tasks and P_MTL; "va", "expr" or "au" (a uni-task track) scores that task only.
-    """
-    predictions, references = predict(model, dataloader, accelerator)
-    return score_predictions(predictions, references, au_thresholds, task)
-
-
-def score_predictions(
-    predictions: dict[str, np.ndarray], references: dict[str, np.ndarray], au_thresholds: list[float], task: str
-) -> tuple[dict[str, float], np.ndarray]:
-    """The scores of `evaluate_model` from `predict`'s arrays (training and `affect-hf evaluate` share them)."""
-    fitted = fit_au_thresholds(predictions["action_units"], references["action_units"])
-    if task == "mtl":
-        scores = abaw_mtl_score(predictions, references, au_thresholds=au_thresholds)
-        fitted_scores = abaw_mtl_score(predictions, references, au_thresholds=fitted)
-        scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
-        scores["P_MTL_fitted_thresholds"] = fitted_scores["P_MTL"]
-    else:
-        labels = TASK_LABELS[task]
-        scores = abaw_task_scores(task, predictions[labels], references[labels], au_thresholds)
-        if task == "au":
-            fitted_scores = abaw_task_scores(task, predictions[labels], references[labels], fitted)
-            scores["P_AU_fitted_thresholds"] = fitted_scores["P_AU"]
-    return {key: float(value) for key, value in scores.items()}, fitted
 
 
 class EmmaRecipe(ViTFineTuningRecipe):
@@ -186,16 +127,13 @@ class EmmaRecipe(ViTFineTuningRecipe):
     def __init__(self, training_args, recipe_args: EmmaArguments):
         super().__init__(training_args, recipe_args)
         task = recipe_args.task
-        self.selection_score = TASK_SELECTION[task]
+        self.selection_score = TRACK_SELECTION[task]
         if task != "mtl":
             self.card_dataset = (f"Aff-Wild2 {task.upper()} track (ABAW)", f"aff-wild2-{task}")
 
     def load_split(self, split: str):
         """An ABAW MTL split, or a uni-task track's (`--task va|expr|au`): the same columns either way."""
-        options = self.recipe_args
-        if options.task == "mtl":
-            return load_abaw_mtl(options.data_dir, split)
-        return load_abaw_track(options.data_dir, options.task, split)
+        return load_split(self.recipe_args.data_dir, self.recipe_args.task, split)
 
     def data_identity(self) -> dict[str, Any]:
         return {**super().data_identity(), "task": self.recipe_args.task}
@@ -209,7 +147,7 @@ class EmmaRecipe(ViTFineTuningRecipe):
         image_size = model.config.image_size
         return RecipeData(
             train=AbawMtlTorchDataset(train_split, image_size=image_size, train=True, seed=args.seed),
-            evaluation=AbawMtlTorchDataset(eval_split, image_size=image_size, train=False, seed=args.seed),
+            evaluation=split_dataset(eval_split, options.task, image_size),
             description=f"ABAW {options.task.upper()} {len(train_split)} training / {len(eval_split)} validation "
             "frames",
         )
@@ -224,8 +162,10 @@ class EmmaRecipe(ViTFineTuningRecipe):
         }
 
     def evaluate(self, model, dataloader, accelerator: Accelerator) -> Evaluation:
+        """The track's ABAW scores at the model's AU thresholds, and P_AU (and P_MTL) at thresholds fitted here."""
         thresholds = accelerator.unwrap_model(model).config.au_thresholds
-        scores, fitted = evaluate_model(model, dataloader, accelerator, thresholds, self.recipe_args.task)
+        predictions, references = collect_predictions(model, dataloader, accelerator.gather_for_metrics)
+        scores, fitted = score_predictions(predictions, references, thresholds, self.recipe_args.task)
         return Evaluation(scores=scores, extras={"fitted_au_thresholds": fitted})
 
     def save_model(
@@ -252,4 +192,4 @@ class EmmaRecipe(ViTFineTuningRecipe):
         return "AU decisions at the config's thresholds."
 
 
-__all__ = ["EmmaArguments", "EmmaRecipe", "au_pos_weight_from_labels", "evaluate_model", "predict"]
+__all__ = ["EMMA_TASKS", "EmmaArguments", "EmmaRecipe", "au_pos_weight_from_labels"]

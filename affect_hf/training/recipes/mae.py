@@ -19,11 +19,10 @@ import torch
 from accelerate import Accelerator
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from model_cards import MAE_TEMPLATE
-
 from ...data import AffectImageTransform, RandomResizedCropTransform
 from ...data.streams import ImageSource, ImageStream, RecordDataset, readable_records
 from ...data.transforms import IMAGE_MEAN, IMAGE_STD
+from ...model_cards import MAE_TEMPLATE
 from ..presets import config_from_preset
 from .base import Evaluation, Recipe, RecipeData, data_folder_name
 from .checks import check_model_folder

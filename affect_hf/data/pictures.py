@@ -1,0 +1,74 @@
+"""Opening picture files, for training and for analysis alike: one home for the pixel limit and for 8-bit RGB.
+
+The pixel limit (`MAX_PIXELS`) admits 150-megapixel photos (12000 x 12000 is 144 MP) and refuses larger ones, so a
+"decompression bomb" (a small file that declares, say, 50000 x 50000 pixels) is refused from its header, before it
+is decoded. PIL's own limit (`PIL.Image.MAX_IMAGE_PIXELS`) warns from 89 MP and refuses from twice that; ours
+replaces its warning, and a limit above PIL's refusal needs PIL's raised too.
+"""
+
+import io
+import os
+import warnings
+from typing import BinaryIO
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+
+MAX_PIXELS = 150_000_000
+# Modes holding more than 8 bits per sample: `convert("RGB")` would clip them (16-bit pictures come out white).
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+class PictureTooLargeError(OSError):
+    """A picture with more pixels than the limit (a decompression bomb, or a photo beyond `max_pixels`)."""
+
+
+def open_picture(
+    source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS, name: str | None = None
+) -> PIL.Image.Image:
+    """The picture decoded now (PIL decodes lazily: truncation then surfaces here, not as grey pixels).
+
+    Raises `PictureTooLargeError` beyond `max_pixels`, `PIL.UnidentifiedImageError` for a file that is no picture,
+    and `OSError` for a broken one; `name` (default: the path) is what the messages call it.
+    """
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "picture")
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    with warnings.catch_warnings():  # our limit is checked below; PIL's warning under it would only mislead
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+        try:
+            image = PIL.Image.open(source)
+        except PIL.Image.DecompressionBombError as error:
+            raise PictureTooLargeError(f"{name}: {error}") from None
+    if image.width * image.height > max_pixels:
+        image.close()
+        raise PictureTooLargeError(
+            f"{name}: {image.width} x {image.height} pixels, more than the limit of {max_pixels:,} (max_pixels)"
+        )
+    try:
+        image.load()
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL mode as 8-bit RGB; high-depth pictures are scaled down to 8 bits rather than clipped."""
+    if image.mode in HIGH_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        image = PIL.Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def read_picture(
+    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, upright: bool = True, name: str | None = None
+) -> PIL.Image.Image:
+    """`open_picture` as 8-bit RGB, turned upright as its EXIF orientation says (phone photos) when `upright`."""
+    with open_picture(source, max_pixels, name) as image:
+        return to_rgb(PIL.ImageOps.exif_transpose(image) if upright else image)
+
+
+__all__ = ["MAX_PIXELS", "PictureTooLargeError", "open_picture", "read_picture", "to_rgb"]

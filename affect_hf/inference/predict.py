@@ -1,0 +1,251 @@
+"""Pictures, folders and videos -> one table row per frame x face, through one code path for notebooks and files:
+`affect_hf.analyze` (a pandas DataFrame), `affect_hf.iter_analyze` (DataFrames batch by batch, for large inputs)
+and `affect-hf predict` (`predict`: a CSV file or a Parquet folder, streamed to disk).
+
+Frames are decoded ahead in a background thread (`media.prefetched_frames`), batched across frames and files to
+the detector and the affect model on one device, tracked per video into stable face ids, optionally smoothed over
+time, and handed on batch by batch. Ctrl-C, a crash or a broken file never loses the rows already written.
+"""
+
+import logging
+import os
+import time as clock
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from ..data.pictures import MAX_PIXELS
+from .analysis import FaceAffectAnalyzer
+from .media import Frame, MediaInput, MediaReport, expand_inputs, prefetched_frames
+from .results import FaceResult, frame_rows, table_schema
+from .smoothing import ExponentialSmoother
+from .table import TableWriter, check_table_path, read_table
+from .tracking import FaceTracker
+
+
+logger = logging.getLogger(__name__)
+
+Batch = list[tuple[Frame, list[FaceResult]]]
+
+
+class FaceIdentities:
+    """One tracker (and smoother) per video: a face keeps its id from frame to frame. Still pictures keep the
+    analyzer's ids (their faces' ranks)."""
+
+    def __init__(self, max_gap: float, smoothing: float, config: Any):
+        self.max_gap, self.smoothing, self.config = max_gap, smoothing, config
+        self.source: str | None = None
+
+    def assign(self, frame: Frame, faces: list[FaceResult]) -> list[FaceResult]:
+        if frame.time is None:
+            return faces
+        if frame.source != self.source:
+            self.source, self.tracker = frame.source, FaceTracker(max_gap=self.max_gap)
+            self.smoother = ExponentialSmoother(self.smoothing, self.config) if self.smoothing else None
+        boxes = torch.tensor([face.box for face in faces], dtype=torch.float32).reshape(-1, 4)
+        ids = self.tracker.update(boxes, frame.time)
+        faces = [replace(face, face_id=face_id) for face, face_id in zip(faces, ids, strict=True)]
+        if self.smoother is not None:
+            faces = [self.smoother.update(face, frame.time) for face in faces]
+            self.smoother.forget(set(self.tracker.boxes))
+        return faces
+
+
+class AnalysisRun:
+    """One pass over the inputs: iterate it for batches of (frame, its faces), in the inputs' order.
+
+    The inputs are expanded and the model loaded (and checked to be an affect model) before any file is read.
+    `model` is a folder, a Hub id or a `FaceAffectAnalyzer` (`affect_hf.pipeline(...)`), whose own device, backend
+    and detector options then apply. What the reader met is in `report`; the counts grow as the batches come.
+    """
+
+    def __init__(
+        self,
+        inputs: MediaInput | Sequence[MediaInput],
+        model: str | os.PathLike | FaceAffectAnalyzer,
+        batch_size: int = 16,
+        device: str = "auto",
+        every_n_frames: int = 1,
+        max_faces: int | None = None,
+        min_face_score: float = 0.5,
+        smoothing: float = 0.0,
+        max_gap: float = 1.0,
+        max_seconds: float | None = None,
+        backend: str = "torch",
+        max_pixels: int = MAX_PIXELS,
+        progress: bool = False,
+        exclude: tuple[str | os.PathLike, ...] = (),
+    ):
+        for name, value, least in (("every_n_frames", every_n_frames, 1), ("batch_size", batch_size, 1),
+                                   ("max_pixels", max_pixels, 1)):  # fmt: skip
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
+        for name, value in (("smoothing", smoothing), ("max_gap", max_gap)):
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+        self.items = expand_inputs(inputs, exclude)
+        if isinstance(model, FaceAffectAnalyzer):
+            self.analyzer = model
+        else:
+            self.analyzer = FaceAffectAnalyzer.from_pretrained(
+                model, device=device, batch_size=batch_size, min_face_score=min_face_score, max_faces=max_faces,
+                backend=backend,
+            )  # fmt: skip
+        self.batch_size, self.every_n_frames, self.max_seconds = batch_size, every_n_frames, max_seconds
+        self.max_pixels, self.progress = max_pixels, progress
+        self.identities = FaceIdentities(max_gap, smoothing, self.analyzer.config)
+        self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names)
+        self.report = MediaReport()
+        self.frames = self.faces = self.frames_without_face = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        frames = prefetched_frames(
+            self.items, self.every_n_frames, self.report, 2 * self.batch_size, self.max_seconds, self.max_pixels
+        )
+        bar = tqdm(unit="frame", desc="analyse", disable=not self.progress, dynamic_ncols=True)
+        try:
+            batch: list[Frame] = []
+            for frame in _with_end(frames):
+                if frame is not None:
+                    batch.append(frame)
+                if batch and (frame is None or len(batch) == self.batch_size):
+                    results = self.analyzer.analyze_images([item.image for item in batch])
+                    pairs = zip(batch, results, strict=True)
+                    analysed = [(item, self.identities.assign(item, faces)) for item, faces in pairs]
+                    self.frames += len(batch)
+                    self.faces += sum(len(faces) for _, faces in analysed)
+                    self.frames_without_face += sum(not faces for _, faces in analysed)
+                    bar.update(len(batch))
+                    bar.set_postfix(faces=self.faces)
+                    batch = []
+                    yield analysed
+        finally:
+            bar.close()
+            frames.close()
+
+    @staticmethod
+    def rows(batch: Batch) -> list[dict[str, Any]]:
+        """The table rows of a batch: per frame, one per face or one with an empty `face_id`."""
+        return [row for frame, faces in batch for row in frame_rows(frame.source, frame.index, frame.time, faces)]
+
+    def dataframe(self, rows: list[dict[str, Any]]):
+        """Rows as a pandas DataFrame with the table's columns and types (as `pandas.read_parquet` gives them)."""
+        return pa.Table.from_pylist(rows, schema=self.schema).to_pandas()
+
+
+def iter_analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike | FaceAffectAnalyzer,
+                 **options: Any):  # fmt: skip
+    """`analyze`, one DataFrame per batch of frames: memory stays flat however long the videos.
+
+    Options are `analyze`'s. The batches together are `analyze`'s table.
+    """
+    run = AnalysisRun(inputs, model, **options)
+    for batch in run:
+        yield run.dataframe(run.rows(batch))
+
+
+def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike | FaceAffectAnalyzer, **options: Any):
+    """Every face of every frame of `inputs` as a pandas DataFrame: the rows and columns `affect-hf predict` writes.
+
+    `inputs`: a path (picture, video or folder), a PIL image, an H x W x 3 uint8 array, or a list of them (pictures in
+    memory are named `<image N>` in `source`). `model`: a folder, a Hub id, or `affect_hf.pipeline(...)`'s analyzer
+    (loaded once, reused). Options: `batch_size` (16), `device` ("auto"), `backend` ("torch", "onnx",
+    "onnx-int8"), `every_n_frames`, `max_faces`, `min_face_score` (0.5), `smoothing` (seconds, 0: off),
+    `max_gap` (seconds a lost face keeps its id), `max_seconds` (of each video), `max_pixels` (the picture limit),
+    `progress`. Files that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when
+    nothing at all can be read, a `ValueError` names each input and why.
+    """
+    run = AnalysisRun(inputs, model, **options)
+    rows = [row for batch in run for row in run.rows(batch)]
+    if not run.frames:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in run.report.skipped)
+        raise ValueError(f"nothing could be read from the inputs ({reasons or 'no frame'})")
+    table = run.dataframe(rows)
+    table.attrs["skipped"] = list(run.report.skipped)
+    return table
+
+
+@dataclass
+class PredictionSummary:
+    output: Path
+    rows: int = 0
+    frames: int = 0
+    faces: int = 0
+    frames_without_face: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    media: MediaReport = field(default_factory=MediaReport)
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def predict(
+    paths: MediaInput | Sequence[MediaInput],
+    model: str | os.PathLike | FaceAffectAnalyzer,
+    output: str | os.PathLike,
+    plots_dir: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PredictionSummary:
+    """Analyse every face of every frame of `paths` into the table `output` (FILE.csv, or a Parquet folder).
+
+    Options are `analyze`'s. Returns what was done; the table is complete up to the last frame analysed even when
+    interrupted (`summary.interrupted`). This run's own outputs are never read back as inputs. `plots_dir` gets the
+    plots of `affect_hf.plots.save_plots`; `overlay` the first video with the faces drawn.
+    """
+    check_table_path(output)
+    own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
+    run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, **options)
+    overlay_writer = None
+    if overlay is not None:
+        from .overlay import OverlayWriter
+
+        overlay_writer = OverlayWriter(overlay)
+    summary = PredictionSummary(Path(output), media=run.report)
+    started = clock.perf_counter()
+    writer = TableWriter(output, run.schema)
+    try:
+        for batch in run:
+            for frame, faces in batch:
+                rows = frame_rows(frame.source, frame.index, frame.time, faces)
+                writer.write(rows)
+                summary.rows += len(rows)
+                if overlay_writer is not None:
+                    overlay_writer.add(frame, faces, run.report.video_rates.get(frame.source), run.every_n_frames)
+            summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        logger.warning("interrupted: keeping the %d rows written so far", summary.rows)
+    finally:
+        summary.seconds = clock.perf_counter() - started
+        try:  # the rows first: whatever happens next, they are on disk
+            writer.close(keep=run.frames > 0)
+        finally:
+            if overlay_writer is not None:
+                overlay_writer.close()
+    summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+    if plots_dir is not None and summary.rows:
+        from ..plots import save_plots
+
+        summary.plots = save_plots(read_table(summary.output), plots_dir)
+    return summary
+
+
+def _with_end(frames):
+    """The frames, then None: the signal to run the last, short batch."""
+    yield from frames
+    yield None
+
+
+__all__ = ["AnalysisRun", "FaceIdentities", "PredictionSummary", "analyze", "iter_analyze", "predict"]

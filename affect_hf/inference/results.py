@@ -1,0 +1,123 @@
+"""One result type per face (`FaceResult`) and the one row schema of every table written from it.
+
+The analyzer makes a `FaceResult` per face found; later stages (the tracker's ids, smoothing over time) make derived
+copies with `dataclasses.replace`. `to_dict()` is the pipeline's answer for the face, `to_row()` its table row.
+
+The table (`affect-hf predict`, `affect_hf.analyze`, the app) has one row per frame x face, in this column order:
+- `source`, `frame` (the frame's index in its video; 0 for a picture), `time` (seconds; empty for a picture);
+- `face_id` (empty when the frame has no face), `face_score` (the detector's), the box `box_x1..box_y2` (pixels);
+- quality: `face_width` (the box's width in pixels), `sharpness` (reserved: empty);
+- head pose: `yaw`, `pitch`, `roll` in degrees (reserved: empty until a backend gives them);
+- the five ABAW landmarks `right_eye`, `left_eye`, `nose_tip`, `mouth_right`, `mouth_left` as `<name>_x`,
+  `<name>_y`, whatever the detector (empty where it gives no such point: BlazeFace has no mouth corners);
+- `valence`, `arousal` (EMMA), `expression`, one `expression_<Label>` probability per class, and per AU
+  `<AU>_probability` and `<AU>` (1 when active at the model's threshold, else 0);
+- last, the detector's other landmarks (BlazeFace: `mouth_center`, the ear tragions), `_x` and `_y`.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+
+from ..faces.alignment import ABAW_LANDMARKS
+
+
+FRAME_COLUMNS = (("source", pa.string()), ("frame", pa.int64()), ("time", pa.float64()))
+BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
+QUALITY_COLUMNS = ("face_width", "sharpness")
+POSE_COLUMNS = ("yaw", "pitch", "roll")
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face of one picture or frame: where it is, how sure the detector is, and the model's answers.
+
+    Coordinates are the picture's pixels (x right, y down). `landmarks` holds the detector's named points.
+    `face_id` numbers the faces of a picture by rank (best first); in a video the tracker makes it an identity.
+    `valence`/`arousal` exist for EMMA, the AU fields for models with AU outputs; pose and `sharpness` are
+    reserved for backends that estimate them.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: dict[str, tuple[float, float]]
+    expression: str
+    expression_scores: dict[str, float]
+    face_id: int | None = None
+    valence: float | None = None
+    arousal: float | None = None
+    au_probabilities: dict[str, float] | None = None
+    au_active: dict[str, bool] | None = None
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    sharpness: float | None = None
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pipeline's answer: box, score, landmarks, face_id, then the affect fields (those the model has)."""
+        result: dict[str, Any] = {
+            "box": list(self.box),
+            "score": self.score,
+            "landmarks": {name: list(point) for name, point in self.landmarks.items()},
+            "face_id": self.face_id,
+        }
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name not in result and value is not None:
+                result[field.name] = dict(value) if isinstance(value, dict) else value
+        return result
+
+    def to_row(self) -> dict[str, Any]:
+        """The face's columns of the table (all but the frame's: `source`, `frame`, `time`)."""
+        row: dict[str, Any] = {"face_id": self.face_id, "face_score": self.score}
+        row.update(zip(BOX_COLUMNS, self.box, strict=True))
+        row.update(face_width=self.width, sharpness=self.sharpness, yaw=self.yaw, pitch=self.pitch, roll=self.roll)
+        for name in ABAW_LANDMARKS:
+            row[f"{name}_x"], row[f"{name}_y"] = self.landmarks.get(name, (None, None))
+        if self.valence is not None:
+            row["valence"], row["arousal"] = self.valence, self.arousal
+        row["expression"] = self.expression
+        row.update({f"expression_{label}": score for label, score in self.expression_scores.items()})
+        for name, probability in (self.au_probabilities or {}).items():
+            row[f"{name}_probability"], row[name] = probability, int(self.au_active[name])
+        for name, (x, y) in self.landmarks.items():
+            if name not in ABAW_LANDMARKS:
+                row[f"{name}_x"], row[f"{name}_y"] = x, y
+        return row
+
+
+def frame_rows(source: str, frame: int, time: float | None, faces: Sequence[FaceResult]) -> list[dict[str, Any]]:
+    """The table rows of one frame: one per face, or one row with an empty `face_id` when it has none."""
+    base = {"source": source, "frame": frame, "time": time}
+    if not faces:
+        return [{**base, "face_id": None}]
+    return [{**base, **face.to_row()} for face in faces]
+
+
+def extra_landmarks(landmark_names: Sequence[str]) -> tuple[str, ...]:
+    """A detector's landmarks beyond the five ABAW points: the table's last columns."""
+    return tuple(name for name in landmark_names if name not in ABAW_LANDMARKS)
+
+
+def table_schema(config: Any, landmark_names: Sequence[str]) -> pa.Schema:
+    """The columns and their types for a model (its labels and AUs) and a detector (its landmarks)."""
+    columns = [*FRAME_COLUMNS, ("face_id", pa.int64()), ("face_score", pa.float32())]
+    columns += [(name, pa.float32()) for name in (*BOX_COLUMNS, *QUALITY_COLUMNS, *POSE_COLUMNS)]
+    columns += [(f"{name}_{axis}", pa.float32()) for name in ABAW_LANDMARKS for axis in "xy"]
+    if getattr(config, "model_type", None) == "emma":
+        columns += [("valence", pa.float32()), ("arousal", pa.float32())]
+    columns += [("expression", pa.string())]
+    columns += [(f"expression_{config.id2label[i]}", pa.float32()) for i in range(len(config.id2label))]
+    for name in getattr(config, "au_names", ()):
+        columns += [(f"{name}_probability", pa.float32()), (name, pa.int8())]
+    columns += [(f"{name}_{axis}", pa.float32()) for name in extra_landmarks(landmark_names) for axis in "xy"]
+    return pa.schema(columns)
+
+
+__all__ = ["FaceResult", "frame_rows", "table_schema"]

@@ -1,0 +1,219 @@
+"""The one way in to an affect model: the device, and EMMA, CoTEX or DAN loaded from a folder or a Hub id, run by
+torch or by ONNX Runtime (an `affect-hf export onnx` folder). Every tool (predict, the app, evaluate, predict-abaw,
+export, the benchmark) loads its models here, so all of them take the same `--device` and `--backend`.
+
+Both backends answer `model(pixel_values=...)` with the outputs by name (`logits`, and for EMMA `valence_arousal`
+and `au_logits`) and carry `.config`, `.device` and `.dtype`, so the code that reads a model's answers
+(`modeling.pipeline_affect.affect_scores`) does not know which one runs.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
+from transformers.utils import ModelOutput
+
+from .data.transforms import IMAGE_MEAN, IMAGE_STD
+from .files import file_sha256
+
+
+# The model types that give affect answers; a frame-level model maps a face crop to them. (A sequence model over a
+# face's frames is another kind of input: it would be added here with the reader it needs.)
+AFFECT_MODEL_TYPES = ("emma", "cotex", "dan")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+# An `affect-hf export onnx` folder: the fp32 graph, the int8 graph, and the record of both (see `affect_hf.export`).
+ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_export.json"
+ONNX_SUBFOLDER = "onnx"
+
+
+class NotAnAffectModelError(ValueError):
+    """A folder or Hub id that holds some other kind of model (the type is named)."""
+
+
+class OnnxExportError(ValueError):
+    """An export whose outputs do not match torch, or an exported folder that does not match its record."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` is the first CUDA GPU when there is one, else the CPU; a device this machine lacks is refused, named.
+
+    MPS is used only when asked for (`mps`): the detector's antialiased resizing is not checked there.
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: expected {DEVICE_CHOICES}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {name!r} is not available: {why} (torch {torch.__version__}); use cpu or auto")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {name!r} is not available: this machine has {count} CUDA GPU(s), cuda:0 on")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} is not available: MPS needs Apple silicon and a torch built with it")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}: expected {DEVICE_CHOICES}")
+    return resolved
+
+
+def is_local_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a model name means a local folder: it exists, or it cannot be a Hub id (`user/name`), e.g.
+    `runs/emma/best_model`, `./model` or an absolute path. A missing local folder is then named as such."""
+    name = str(name_or_path)
+    if os.path.exists(name):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def check_model_location(name_or_path: str | os.PathLike) -> str:
+    """The name as a string; a local path that is not a folder fails here, before any Hub look-up."""
+    name = str(name_or_path)
+    if is_local_path(name) and not os.path.isdir(name):
+        raise FileNotFoundError(f"model folder not found: {name}")
+    return name
+
+
+def load_affect_model(
+    name_or_path: str | os.PathLike, backend: str = "torch", device: str | torch.device = "auto", **hub_options: Any
+):
+    """An affect model (EMMA, CoTEX or DAN) ready for inference: eval mode, on `device`.
+
+    The config is read first, so a folder of another kind fails with its type named before any weight is read.
+    `backend="onnx"` / `"onnx-int8"` runs an `affect-hf export onnx` folder with ONNX Runtime on the CPU: the folder
+    given, or the `onnx/` folder inside a model folder, whose weights must then be the ones exported.
+    `hub_options` go to `from_pretrained` (`revision`, `token`, `trust_remote_code`, `dtype` ...).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend != "torch" and str(device) not in ("auto", "cpu"):
+        raise ValueError(f"the {backend} backend runs on the CPU, not on {str(device)!r}: use device cpu or auto")
+    target = resolve_device(device)  # an absent device fails before anything is read
+    name = check_model_location(name_or_path)
+    config = AutoConfig.from_pretrained(name, **hub_options)
+    check_affect_config(config, name)
+    if backend == "torch":
+        return AutoModel.from_pretrained(name, **hub_options).eval().to(target)
+    if not os.path.isdir(name):
+        raise ValueError(f"the {backend} backend runs a local `affect-hf export onnx` folder, not a Hub id ({name})")
+    inside = Path(name) / ONNX_SUBFOLDER
+    if inside.is_dir():
+        return OnnxAffectModel(inside, int8=backend == "onnx-int8", source_model_dir=name)
+    return OnnxAffectModel(name, int8=backend == "onnx-int8")
+
+
+def check_affect_config(config: PreTrainedConfig, name: str) -> None:
+    if config.model_type not in AFFECT_MODEL_TYPES:
+        raise NotAnAffectModelError(
+            f"{name} holds a {config.model_type!r} model, not an affect model ({', '.join(AFFECT_MODEL_TYPES)})"
+        )
+
+
+def load_image_normalisation(
+    name_or_path: str | os.PathLike, **hub_options: Any
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std of the folder's saved image processor; the training transform's for a folder without one."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(name_or_path), **hub_options)
+    except OSError:  # no preprocessor_config.json (e.g. a converted checkpoint saved by hand)
+        return IMAGE_MEAN, IMAGE_STD
+    return tuple(processor.image_mean), tuple(processor.image_std)
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str | None:
+    """The sha256 of a model folder's weights file, None for a Hub id or a folder without one."""
+    path = Path(model_dir) / "model.safetensors"
+    return file_sha256(path) if path.is_file() else None
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime session on the CPU (`threads`: intra-op threads, default ONNX Runtime's)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("the onnx backends need ONNX Runtime: pip install 'affect-hf[onnx]'") from None
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxAffectModel:
+    """An exported folder run by ONNX Runtime, in the shape of a transformers model: `model(pixel_values=...)`
+    returns the outputs by name; `.config`, `.device` and `.dtype` are there.
+
+    The folder's record (`onnx_export.json`) is checked first: a graph whose sha256 changed, a config that does not
+    describe it, or (with `source_model_dir`) weights other than the ones exported are refused with the reason.
+    """
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(
+        self, folder: str | os.PathLike, int8: bool = False, source_model_dir: str | os.PathLike | None = None
+    ):
+        folder = Path(folder)
+        record_path = folder / RECORD_FILE
+        if not record_path.is_file():
+            raise OnnxExportError(f"{folder} is not an ONNX export: no {RECORD_FILE} (run affect-hf export onnx)")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        file_name = INT8_FILE if int8 else ONNX_FILE
+        path = folder / file_name
+        if file_name not in record["files"] or not path.is_file():
+            raise OnnxExportError(f"{path} does not exist: export with --quantize for the int8 model")
+        if file_sha256(path) != record["files"][file_name]:
+            raise OnnxExportError(f"{path} is not the file this export recorded (its sha256 changed): export again")
+        if source_model_dir is not None:
+            weights = weights_sha256(source_model_dir)
+            if weights is not None and weights != record["source_weights_sha256"]:
+                raise OnnxExportError(
+                    f"{folder} was exported from other weights than {source_model_dir}'s (sha256 "
+                    f"{record['source_weights_sha256']} vs {weights}): export again"
+                )
+        self.config = AutoConfig.from_pretrained(folder)
+        if self.config.image_size != record["image_size"] or self.config.model_type != record["model_type"]:
+            raise OnnxExportError(f"{folder}/config.json does not describe the exported model ({record_path})")
+        self.session = onnx_session(path)
+        self.names = tuple(output.name for output in self.session.get_outputs())
+        if list(self.names) != record["outputs"]:
+            raise OnnxExportError(f"{path} returns {self.names}, the record says {record['outputs']}")
+        self.folder, self.record = folder, record
+
+    def eval(self) -> "OnnxAffectModel":
+        return self
+
+    def __call__(self, pixel_values: torch.Tensor) -> ModelOutput:
+        values = self.session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})
+        return ModelOutput(**{name: torch.from_numpy(value) for name, value in zip(self.names, values, strict=True)})
+
+
+__all__ = [
+    "AFFECT_MODEL_TYPES",
+    "BACKENDS",
+    "NotAnAffectModelError",
+    "OnnxAffectModel",
+    "OnnxExportError",
+    "check_model_location",
+    "is_local_path",
+    "load_affect_model",
+    "load_image_normalisation",
+    "onnx_session",
+    "resolve_device",
+    "weights_sha256",
+]

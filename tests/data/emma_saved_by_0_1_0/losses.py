@@ -1,0 +1,66 @@
+"""Loss and agreement functions shared by the models (torch only: this file travels to the Hub)."""
+
+import torch
+from torch import nn
+
+
+def concordance_correlation_coefficient(
+    predictions: torch.Tensor, targets: torch.Tensor, dim: int = 0, eps: float = 0.0
+) -> torch.Tensor:
+    """Lin's concordance correlation coefficient with population (biased) statistics, as ABAW scores it.
+
+    `eps` guards the denominator when used as a loss on tiny batches; metrics keep it at 0.
+    """
+    prediction_mean = predictions.mean(dim)
+    target_mean = targets.mean(dim)
+    prediction_variance = predictions.var(dim, unbiased=False)
+    target_variance = targets.var(dim, unbiased=False)
+    covariance = ((predictions - prediction_mean.unsqueeze(dim)) * (targets - target_mean.unsqueeze(dim))).mean(dim)
+    return 2 * covariance / (prediction_variance + target_variance + (prediction_mean - target_mean) ** 2 + eps)
+
+
+def masked_ccc_loss(predictions: torch.Tensor, targets: torch.Tensor, missing_value: float) -> torch.Tensor:
+    """1 - CCC over the entries whose target is not `missing_value`; 0 (still in the graph) with < 2 valid."""
+    valid = targets != missing_value
+    if valid.sum() < 2:
+        return predictions.sum() * 0.0
+    ccc = concordance_correlation_coefficient(predictions[valid].float(), targets[valid].float(), eps=1e-8)
+    return 1.0 - ccc
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, missing_value: int) -> torch.Tensor:
+    """Mean cross-entropy over labelled samples; 0 (still in the graph) when none is labelled."""
+    valid = labels != missing_value
+    if not valid.any():
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits[valid].float(), labels[valid].long())
+
+
+def masked_binary_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, missing_value: int, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean pos-weighted binary cross-entropy over the labelled (sample, class) entries only."""
+    valid = (labels != missing_value).float()  # float32 even under autocast: bf16 cannot count past 256 exactly
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), (labels == 1).float(), weight=valid, pos_weight=pos_weight, reduction="sum"
+    )
+    return losses / valid.sum().clamp(min=1.0)
+
+
+def generalized_js_divergence(
+    logits_per_view: list[torch.Tensor], reduction: str = "mean", probability_floor: float = 1e-4
+) -> torch.Tensor:
+    """Jensen-Shannon divergence of several predicted distributions: the mean KL of each to their mixture.
+
+    `reduction="mean"` averages each KL term over batch x classes (the CoTEX authors' code, whose weight 100
+    assumes it); "batchmean" sums over classes and averages over the batch. Probabilities are clamped at
+    `probability_floor` inside the logarithms, as the authors do.
+    """
+    probabilities = [nn.functional.softmax(logits.float(), dim=-1) for logits in logits_per_view]
+    mixture = torch.stack(probabilities).mean(dim=0).clamp(min=probability_floor)
+    terms = []
+    for view in probabilities:
+        divergence = view * (view.clamp(min=probability_floor).log() - mixture.log())
+        divergence = torch.where(view > 0, divergence, torch.zeros_like(divergence))
+        terms.append(divergence.mean() if reduction == "mean" else divergence.sum(dim=-1).mean())
+    return torch.stack(terms).mean()
