@@ -8,14 +8,14 @@ expression probabilities and its action units; for a short video, the plots over
 
 import os
 
+import affect_hf
 from affect_hf.app import build_app
-from affect_hf.inference.analysis import FaceAffectAnalyzer
 
 
 MODEL = os.environ.get("AFFECT_MODEL", "your-name/your-emma-model")
 MAX_VIDEO_SECONDS = float(os.environ.get("AFFECT_MAX_VIDEO_SECONDS", "20"))
 
-analyzer = FaceAffectAnalyzer.from_pretrained(MODEL, device="auto")
+analyzer = affect_hf.pipeline(MODEL, device="auto")
 demo = build_app(analyzer, max_video_seconds=MAX_VIDEO_SECONDS, title=f"affect-hf: {MODEL}")
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 columns, the output layout (CSV file or Parquet folder), the picture pixel limit, the plots of a DataFrame, and the
 one way in to a model (devices, local paths and Hub ids)."""
 
+import os
+import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -202,3 +206,17 @@ def test_a_mistake_is_one_line_and_debug_shows_the_traceback(emma_folder, media,
     with pytest.raises(SystemExit):
         main([*arguments, "--max_faces", "0"])
     assert "max_faces must be at least 1" in capsys.readouterr().err
+
+
+def test_an_ordinary_run_prints_no_warning(emma_folder, media, tmp_path):
+    """`python -m affect_hf predict` on a photo and a video, with plots: stderr holds progress bars only (no
+    torchvision fallback, no deprecation or other warning)."""
+    command = [sys.executable, "-m", "affect_hf", "predict", str(media / "photo.jpg"), str(media / "clip.mp4"),
+               "--model", str(emma_folder), "--output", str(tmp_path / "t.parquet"), "--plots",
+               "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(re.search(r"\[\d\d:\d\d", line) for line in lines), lines  # each a progress bar
+    assert "21 rows" in result.stdout and len(list((tmp_path / "t_plots").glob("*.png"))) == 5

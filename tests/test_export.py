@@ -126,6 +126,36 @@ def test_predict_with_the_onnx_backend_gives_torchs_rows(emma, tmp_path, capsys)
     assert rows["onnx"]["expression"] == rows["torch"]["expression"]
 
 
+def test_predict_abaw_and_evaluate_run_the_export(emma, faces, tmp_path):
+    """`--backend onnx` through the evaluation layer: a valid MTL submission with torch's answers, and the same
+    scores; int8 is scored beside it (what quantisation costs)."""
+    from affect_hf.inference import abaw_test_names, validate_submission
+
+    _, folder, record = emma
+    root = faces.parent
+    assert record["quantization"]["weight_bits"] == 7
+    lines = {}
+    for backend in ("torch", "onnx"):
+        output = tmp_path / f"{backend}.txt"
+        main(["predict-abaw", "--model", str(folder), "--backend", backend, "--data_dir", str(root), "--track", "mtl",
+              "--output", str(output), "--num_workers", "0", "--device", "cpu"])  # fmt: skip
+        assert validate_submission(output, "mtl", abaw_test_names(root, "mtl")) == 8
+        lines[backend] = [line.split(",") for line in output.read_text().splitlines()[1:]]
+    for ours, theirs in zip(lines["onnx"], lines["torch"], strict=True):
+        assert ours[0] == theirs[0] and ours[3:] == theirs[3:]  # the image, the expression and the AU decisions
+        assert [float(value) for value in ours[1:3]] == pytest.approx([float(value) for value in theirs[1:3]], abs=1e-4)
+    scores = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        main(["evaluate", "--model", str(folder), "--backend", backend, "--data_dir", str(root), "--track", "mtl",
+              "--output_dir", str(tmp_path / backend), "--device", "cpu"])  # fmt: skip
+        entry = json.loads((tmp_path / backend / "scores.json").read_text())["models"]["model"]
+        assert entry["backend"] == backend
+        scores[backend] = entry["scores"]
+    for name in ("ccc_valence", "ccc_arousal", "P_EXPR"):
+        assert scores["onnx"][name] == pytest.approx(scores["torch"][name], abs=1e-4)
+    assert 0 <= scores["onnx-int8"]["P_MTL"] <= 3
+
+
 def test_export_command_reports_bad_requests(emma, tmp_path, capsys):
     _, folder, _ = emma
     with pytest.raises(SystemExit) as exit_info:

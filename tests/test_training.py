@@ -241,3 +241,14 @@ def test_a_run_whose_scores_are_all_nan_saves_no_model_and_fails(tmp_path):
     history = json.loads((tmp_path / "run" / "training_history.json").read_text())
     assert history["status"].startswith("failed: no model was saved") and np.isnan(history["history"][0]["P_MTL"])
     assert not (tmp_path / "run" / "best_model").exists()
+
+
+def test_trainer_state_round_trips_and_an_unknown_recipe_is_named(tmp_path):
+    from affect_hf.training import TrainerState, TrainingArguments
+
+    state = TrainerState(global_step=3, epoch=1, history=[{"step": 3, "P_MTL": 0.5}], run={"seed": 0})
+    assert TrainerState.from_dict({**state.to_dict(), "written_by_a_later_version": 1}) == state
+    assert list(state.to_dict())[:3] == ["global_step", "epoch", "batches_in_epoch"]
+    with pytest.raises(ValueError, match="unknown recipe 'vit'; expected one of emma, mae, cotex, dan"):
+        train(TrainingArguments(recipe="vit", output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..files import StagedFile, remove_stale_staging, replace_directory
+from ..files import StagedFile, replace_directory
 
 
 CSV_SUFFIX = ".csv"
@@ -60,7 +60,6 @@ class TableWriter:
             self.csv.writeheader()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_staging(self.path.parent, self.path.name)
             self.folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
 
     def write(self, rows: list[dict[str, Any]]) -> None:

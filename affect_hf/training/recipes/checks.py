@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from ...models import is_local_path
+
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -18,7 +20,7 @@ def check_model_folder(path: str | os.PathLike, model_types: tuple[str, ...], op
     """
     folder = Path(path)
     if not folder.exists():
-        if os.sep in str(path) or str(path).startswith("."):
+        if is_local_path(path):
             raise FileNotFoundError(f"{option} {path}: no such folder")
         return
     if not folder.is_dir():
