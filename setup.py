@@ -36,6 +36,8 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
         "pyyaml>=6.0",
+        # one writer per output: an advisory lock the kernel frees when its holder dies (also a datasets dependency)
+        "filelock>=3.12",
         "tqdm>=4.60",
         # StatefulDataLoader: the exact position of a streamed dataset across DataLoader workers (pure Python).
         "torchdata>=0.10",

@@ -54,16 +54,40 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
 
     work = Path(tempfile.mkdtemp(prefix="affect-hf-app-"))
 
-    def on_image(image):
+    def refusals(handler):
+        """Every refusal on the page, as one line: a file that is no picture or video, a picture beyond the pixel
+        limit, a broken file (never Gradio's generic error)."""
+
+        def answer(*inputs):
+            try:
+                return handler(*inputs)
+            except gr.Error:
+                raise
+            except (OSError, ValueError, ImportError) as error:
+                raise gr.Error(" ".join(str(error).split()) or type(error).__name__) from None
+
+        return answer
+
+    def picture(path: str):
+        """An uploaded picture read as `affect-hf predict` reads one (upright, 8-bit, within the pixel limit)."""
+        try:
+            image = read_still_image(Path(path))
+        except OSError as error:
+            raise gr.Error(f"{Path(path).name} cannot be read: {str(error).removeprefix(f'{path}: ')}") from None
+        return image
+
+    @refusals
+    def on_image(image):  # decoded by Gradio (the file tab reads files itself)
         if image is None:
             raise gr.Error("Upload an image or take a webcam snapshot first.")
         annotated, rows, figure = analyse_image(analyzer, image)
         return annotated, figure, json.dumps(rows, indent=1), f"{len(rows)} face(s) found."
 
+    @refusals
     def on_file(path):
         if path is None:
             raise gr.Error("Choose an image or a video file first.")
-        image = read_still_image(Path(path))
+        image = picture(path)
         if image is not None:
             annotated, rows, figure = analyse_image(analyzer, image.permute(1, 2, 0).numpy())
             return annotated, figure, json.dumps(rows, indent=1), f"{len(rows)} face(s) found.", None, []

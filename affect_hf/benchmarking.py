@@ -317,7 +317,7 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
         for label, video in videos.items():
             with PeakMemory(device) as memory:
                 summary = predict(
-                    [video], analyzer, folder / "rows.parquet", batch_size=args.video_batch_size, progress=False
+                    [video], analyzer, folder / f"{len(rows)}.parquet", batch_size=args.video_batch_size, progress=False
                 )
             rows.append({
                 "phase": f"end-to-end, {label} video", "frames": summary.frames, "faces": summary.faces,

@@ -208,6 +208,11 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="write PNG plots per video (default folder: OUTPUT without suffix + _plots)",
     )  # fmt: skip
     parser.add_argument("--overlay", default=None, metavar="OUT.mp4", help="the video with faces and labels drawn")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue a stopped or killed run into OUTPUT: finished inputs are kept, an unfinished one is redone",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
 
 
 def predict_command(args: argparse.Namespace) -> None:
@@ -221,9 +226,12 @@ def predict_command(args: argparse.Namespace) -> None:
         args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
         every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
         smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
-        backend=args.backend, max_seconds=args.max_seconds, max_pixels=args.max_pixels,
+        backend=args.backend, max_seconds=args.max_seconds, max_pixels=args.max_pixels, resume=args.resume,
+        overwrite=args.overwrite,
     )  # fmt: skip
     media = summary.media
+    if summary.resumed_inputs:
+        print(f"resumed: {summary.resumed_inputs} of {summary.inputs} inputs were finished before")
     print(
         f"{summary.output}: {summary.rows} rows, {summary.frames} frames ({media.images} pictures, {media.videos} "
         f"videos), {summary.faces} faces, {summary.frames_without_face} frames without a face, "
@@ -235,14 +243,18 @@ def predict_command(args: argparse.Namespace) -> None:
         print(f"{path}: {count} unreadable packet(s) skipped")
     for path, seconds in media.cut_at_seconds.items():
         print(f"{path}: cut at {seconds:g} s (--max_seconds)")
+    for path, (read, declared) in media.cut_short.items():
+        print(f"{path}: cut short: its frames end at {read:.2f} s of the {declared:.2f} s its header declares")
     for path in summary.plots:
         print(f"plot: {path}")
     if args.overlay:
         print(f"overlay: {args.overlay}" if Path(args.overlay).is_file() else "no overlay: no video among the inputs")
     if summary.interrupted:
-        kept = f"the {summary.rows} rows so far are in {summary.output}" if summary.frames else "nothing was written"
+        kept = f"the rows so far are in {summary.output}; add --resume to continue" if summary.frames else (
+            "nothing was written"
+        )  # fmt: skip
         raise CommandFailed(130, f"interrupted: {kept}")
-    if not summary.frames:
+    if not summary.frames and summary.resumed_inputs < summary.inputs:
         raise CommandFailed(1, f"nothing could be read from {' '.join(args.paths)}")
 
 

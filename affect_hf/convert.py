@@ -22,6 +22,7 @@ written on the card. Position embeddings of another grid are interpolated (bicub
 """
 
 import fnmatch
+import io
 import logging
 import math
 import os
@@ -97,29 +98,84 @@ class Conversion:
 # ----------------------------------------------------------------------------------------------------- loading
 
 
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """A plain `pickle.dump` file of tensors, numpy arrays and containers, read without running any code: the only
+    callables a pickle may name are the ones that rebuild such data, and a tensor's bytes go through
+    `torch.load(weights_only=True)`. Any other name refuses the file (`NeedsCodeError`)."""
+
+    DATA = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"), ("numpy", "ndarray"), ("numpy", "dtype"),
+            *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+              for name in ("_reconstruct", "scalar"))}  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if (module, name) in self.DATA or module == "numpy.dtypes":
+            return super().find_class(module, name)
+        raise NeedsCodeError(f"{module}.{name}")
+
+
+class NeedsCodeError(pickle.UnpicklingError):
+    """A pickle that names code to run (the name in the message): refused, never run."""
+
+
 def load_checkpoint(path: str | os.PathLike) -> Any:
-    """`torch.load(weights_only=True)`: tensors, containers, numbers, strings and numpy data, never code."""
+    """Tensors, containers, numbers, strings and numpy data, never code: `torch.load(weights_only=True)` for files
+    `torch.save` wrote, a data-only unpickler for plain `pickle.dump` files.
+
+    Three answers, each naming the file: the data; "needs code to load: refused, never run" (a pickle that names a
+    class or function beyond data); "not a checkpoint" (another format, or a damaged file).
+    """
     try:
-        with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:
+            head = handle.read(2)
     except FileNotFoundError:
         raise
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read: {error.strerror or error}") from None
+    try:
+        if head[:1] == b"\x80" and head[1:2] in (b"\x04", b"\x05"):  # pickle protocol 4-5: `pickle.dump`
+            with open(path, "rb") as handle:
+                return _DataOnlyUnpickler(handle).load()
+        with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except NeedsCodeError as error:
+        raise CheckpointError(
+            f"{path} needs code to load ({error}): refused, never run. {_NEEDS_CODE_ADVICE}"
+        ) from None
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):  # a foreign or broken file, not a pickle asking for code
-            reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), str(error))
+        reason = _torch_reason(error)
+        needed = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if needed:
             raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint (corrupt or another format): {reason}"
+                f"{path} needs code to load ({needed.group(1)}): refused, never run. {_NEEDS_CODE_ADVICE}"
             ) from None
-        reason = next(line.strip() for line in str(error).splitlines() if "Unsupported global" in line)
+        raise CheckpointError(f"{path} is not a checkpoint (another format, or a damaged file): {reason}") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, OSError, IndexError, TypeError) as error:
         raise CheckpointError(
-            f"{path} needs more than tensors and plain data to load, so it was not unpickled ({reason}). "
-            "Load it where you trust it and re-save its state dict: torch.save(model.state_dict(), path)"
+            f"{path} is not a checkpoint (another format, or a damaged file): {_torch_reason(error)}"
         ) from None
-    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt or another format): {first_line}"
-        ) from None
+
+
+# Never "load it with weights_only=False": for a hostile file that runs its code.
+_NEEDS_CODE_ADVICE = (
+    "If you trust its source, re-save its state dict (torch.save(model.state_dict(), path)) where it was made."
+)
+
+
+# torch wraps its unpickling errors in advice, one piece of it dangerous ("weights_only=False"): never passed on.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What went wrong, without torch's advice around it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported" in line:
+            return line.split("WeightsUnpickler error:")[-1].strip() or line
+    reasons = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    return reasons[0] if reasons else type(error).__name__
 
 
 def detect_kind(checkpoint: Any) -> str:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .data.transforms import AffectImageTransform, load_rgb_image
-from .files import file_sha256, remove_stale_staging, replace_directory
+from .files import file_sha256, publish_folder, remove_stale_staging, staging_folder
 from .hub import build_image_processor
 from .modeling.pipeline_affect import affect_scores
 from .models import (
@@ -150,7 +149,7 @@ def export_onnx(
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output_dir.parent, output_dir.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    staging = staging_folder(output_dir)
     try:
         example = torch.randn(2, 3, size, size)
         torch.onnx.export(
@@ -204,7 +203,7 @@ def export_onnx(
         config.save_pretrained(staging)
         build_image_processor(size).save_pretrained(staging)
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        replace_directory(staging, output_dir)
+        publish_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

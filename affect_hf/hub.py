@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from transformers import PreTrainedModel, ViTImageProcessorPil
 
 from .data.transforms import IMAGE_MEAN, IMAGE_STD, RESAMPLING
-from .files import remove_stale_staging, replace_directory
+from .files import publish_folder, remove_stale_staging, staging_folder
 from .model_cards import EMMA_TEMPLATE
 
 
@@ -111,12 +110,12 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, car
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output_dir.parent, output_dir.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    staging = staging_folder(output_dir)
     try:
         model.save_pretrained(staging)
         build_image_processor(model.config.image_size).save_pretrained(staging)
         (card or render_model_card(model)).save(staging / "README.md")
-        replace_directory(staging, output_dir)
+        publish_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -9,12 +9,15 @@ and `au_logits`) and carry `.config`, `.device` and `.dtype`, so the code that r
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
 from transformers.utils import ModelOutput
 
@@ -108,13 +111,27 @@ def load_affect_model(
     config = AutoConfig.from_pretrained(name, **hub_options)
     check_affect_config(config, name)
     if backend == "torch":
-        return AutoModel.from_pretrained(name, **hub_options).eval().to(target)
+        with readable_weights(name):
+            return AutoModel.from_pretrained(name, **hub_options).eval().to(target)
     if not os.path.isdir(name):
         raise ValueError(f"the {backend} backend runs a local `affect-hf export onnx` folder, not a Hub id ({name})")
     inside = Path(name) / ONNX_SUBFOLDER
     if inside.is_dir():
         return OnnxAffectModel(inside, int8=backend == "onnx-int8", source_model_dir=name)
     return OnnxAffectModel(name, int8=backend == "onnx-int8")
+
+
+@contextmanager
+def readable_weights(name: str | os.PathLike) -> Iterator[None]:
+    """Loading a folder's weights: a damaged or incomplete weights file is named, as an `OSError` (safetensors'
+    own error names neither the file nor what to do)."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise OSError(
+            f"the weights in {name} cannot be read ({error}): the file is damaged or incomplete; save or download "
+            "the model again"
+        ) from None
 
 
 def check_affect_config(config: PreTrainedConfig, name: str) -> None:
@@ -214,6 +231,7 @@ __all__ = [
     "load_affect_model",
     "load_image_normalisation",
     "onnx_session",
+    "readable_weights",
     "resolve_device",
     "weights_sha256",
 ]

@@ -24,7 +24,7 @@ from .evaluation import (
     labelled,
     load_split,
 )
-from .files import atomic_path, write_text_atomically
+from .files import OutputLock, atomic_path, write_text_atomically
 from .labels import ABAW_EXPRESSIONS, ACTION_UNITS, LSD_EXPRESSIONS
 from .metrics import ccc, classification_scores
 from .models import load_affect_model
@@ -42,8 +42,13 @@ def evaluate_models(
 ) -> dict[str, Any]:
     """Score each model on the track's validation split; write `scores.json`, the PNGs and `report.html`."""
     check_track(track)
-    split = load_split(data_dir, track, "validation")
     output_dir = Path(output_dir)
+    with OutputLock(output_dir):
+        return _evaluate_models(models, data_dir, track, output_dir, batch_size, num_workers, device, backend)
+
+
+def _evaluate_models(models, data_dir, track: str, output_dir: Path, batch_size, num_workers, device, backend):
+    split = load_split(data_dir, track, "validation")
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"track": track, "data_dir": str(data_dir), "num_samples": len(split), "models": {}}
     sections = []

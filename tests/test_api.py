@@ -65,7 +65,7 @@ def cli_table(emma_folder, media, tmp_path_factory) -> Path:
 
 def test_analyze_equals_the_cli_table_on_a_photo_and_a_video(emma_folder, media, cli_table, tmp_path):
     table = affect_hf.analyze([media / "photo.jpg", media / "clip.mp4"], emma_folder, batch_size=4, device="cpu")
-    assert cli_table.is_dir() and [path.name for path in cli_table.iterdir()] == ["part-00000.parquet"]
+    assert sorted(path.name for path in cli_table.iterdir()) == [".progress.json", "part-000000.parquet"]
     written = pd.read_parquet(cli_table)
     pd.testing.assert_frame_equal(table, written)
     assert len(table) == 1 + 2 * 10 and set(table["source"]) == {str(media / "photo.jpg"), str(media / "clip.mp4")}

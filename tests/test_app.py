@@ -102,22 +102,29 @@ def test_upload_a_photo_and_read_the_faces_results(served, browser, tmp_path):
         assert screenshot.width >= 1000
 
 
-def test_a_file_that_is_neither_image_nor_video_is_refused_on_the_page(served, browser, tmp_path):
+@pytest.mark.parametrize("kind", ["notes", "bomb"])
+def test_a_file_the_page_cannot_read_is_refused_with_a_message(served, browser, tmp_path, kind):
     from selenium.webdriver.common.by import By
 
+    from tests.test_api import png_header
+
     _, url = served
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not a picture")
+    if kind == "notes":
+        path, expected = tmp_path / "notes.txt", "neither an image nor a video"
+        path.write_text("not a picture")
+    else:  # a decompression bomb: a small file that declares 50000 x 50000 pixels
+        path, expected = tmp_path / "bomb.png", "bomb.png cannot be read"
+        path.write_bytes(png_header(50000, 50000))
     browser.get(url)
     tab = wait_for(lambda: [b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "File" in b.text],
                    message="the file tab")  # fmt: skip
     tab[0].click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#file-input input[type=file]"), message="file input")
-    browser.find_element(By.CSS_SELECTOR, "#file-input input[type=file]").send_keys(str(notes))
+    browser.find_element(By.CSS_SELECTOR, "#file-input input[type=file]").send_keys(str(path))
     time.sleep(1.0)
     browser.find_element(By.ID, "analyse-file").click()
-    wait_for(lambda: "neither an image nor a video" in browser.page_source, message="the error message")
-    assert "Traceback" not in browser.page_source
+    wait_for(lambda: expected in browser.page_source, message="the error message")
+    assert "Traceback" not in browser.page_source and "upstream" not in browser.page_source.lower()
 
 
 def test_a_video_gives_plots_and_a_table_and_is_cut_at_the_limit(emma_folder, tmp_path):

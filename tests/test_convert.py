@@ -422,7 +422,7 @@ class Payload:
 def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "executed"
     path = _save(tmp_path, {"model": {"cls_token": torch.zeros(1)}, "extra": Payload(str(marker))})
-    with pytest.raises(CheckpointError, match="not unpickled"):
+    with pytest.raises(CheckpointError, match="needs code to load .*: refused, never run"):
         convert(path)
     assert not marker.exists()
 
@@ -434,7 +434,7 @@ def test_a_corrupt_or_foreign_file_is_named_not_a_readable_checkpoint(tmp_path, 
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:500])
     for path in (junk, truncated):
-        with pytest.raises(CheckpointError, match=f"{path.name} is not a readable PyTorch checkpoint"):
+        with pytest.raises(CheckpointError, match=f"{path.name} is not a checkpoint"):
             convert(path)
 
 

@@ -117,7 +117,8 @@ def test_plots_and_overlay_are_written(analysed, media):
 
     source = next(iter(av.open(str(media / "two_faces.mp4")).decode(video=0))).to_ndarray(format="rgb24")
     assert all(has_colour(frames[0], colour) and not has_colour(source, colour) for colour in PALETTE[:2])
-    assert not [name for name in os.listdir(folder) if name.startswith(".")], "a staging file was left behind"
+    hidden = [name for name in os.listdir(folder) if name.startswith(".")]
+    assert sorted(hidden) == [".overlay.mp4.lock", ".table.csv.lock", ".table.csv.progress.json"], hidden
 
 
 def test_parquet_holds_the_same_rows_and_every_n_frames_samples(emma_folder, media, tmp_path, analysed):
@@ -189,25 +190,25 @@ def test_a_corrupt_packet_mid_video_keeps_the_other_frames(emma_folder, tmp_path
     assert table["frame"].max() == 47  # the frames after the damage keep their index
 
 
-def test_ctrl_c_leaves_a_valid_parquet_of_the_rows_so_far(emma_folder, tmp_path):
+def test_ctrl_c_keeps_the_rows_so_far_and_resume_completes_them(emma_folder, tmp_path):
     video = write_face_video(tmp_path / "long.mp4", FACE, num_frames=400, fps=FPS, size=SIZE)
-    output = tmp_path / "rows.parquet"
+    output = tmp_path / "rows.csv"
     command = [sys.executable, "-m", "affect_hf.cli", "predict", str(video), "--model", str(emma_folder),
                "--output", str(output), "--batch_size", "4", "--device", "cpu"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-
-    def partial_size() -> int:
-        return sum(path.stat().st_size for path in tmp_path.glob(".rows.parquet.*/part-*.parquet"))
-
-    while partial_size() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # a part (512 rows) has reached the staging folder
+    while (not output.is_file() or output.stat().st_size < 20_000) and time.monotonic() < deadline:
+        time.sleep(0.05)  # rows are appended batch by batch
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
-    rows = pd.read_parquet(output)
-    assert 512 <= len(rows) < 800 and (rows["frame"].diff().dropna() >= 0).all()
-    assert "interrupted" in stderr and not list(tmp_path.glob(".rows.parquet.*"))
+    rows = pd.read_csv(output)
+    assert 8 <= len(rows) < 800 and (rows["frame"].diff().dropna() >= 0).all()
+    assert "interrupted" in stderr and "--resume" in stderr
+    main(["predict", str(video), "--model", str(emma_folder), "--output", str(output), "--batch_size", "4",
+          "--device", "cpu", "--resume"])  # fmt: skip
+    completed = pd.read_csv(output)
+    assert len(completed) == 800 and list(completed["frame"].unique()) == list(range(400))
 
 
 def test_cli_refuses_a_model_that_is_not_an_affect_model_and_a_run_with_nothing_read(emma_folder, tmp_path, capsys):
@@ -253,9 +254,9 @@ def test_outputs_inside_an_input_folder_are_not_read_back_and_empty_inputs_are_r
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(astronaut()).save(folder / "photo.jpg")
-    for _ in range(2):  # the second run must not analyse the first run's table, plots or overlay
+    for run in range(2):  # the second run must not analyse the first run's table, plots or overlay
         summary = predict([folder], emma_folder, folder / "table.csv", plots_dir=folder / "plots", device="cpu",
-                          progress=False)  # fmt: skip
+                          progress=False, overwrite=run > 0)  # fmt: skip
         assert summary.frames == 1 and not summary.media.skipped
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no file to read"):

@@ -86,11 +86,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate_skipping_unreadable(samples: list[dict]) -> dict[str, Any]:
-    """`default_collate` of the readable samples, with the number of unreadable ones under `UNREADABLE_IMAGES_KEY`."""
+    """`default_collate` of the readable samples, with the number of unreadable ones under `UNREADABLE_IMAGES_KEY`;
+    a batch of none holds that count only."""
     readable = [sample for sample in samples if _UNREADABLE_MARKER not in sample]
-    if not readable:
-        reasons = "; ".join(sample[_UNREADABLE_MARKER] for sample in samples[:3])
-        raise OSError(f"every image of a batch of {len(samples)} failed to decode ({reasons}); check the data")
+    if not readable:  # the loop skips it (on every process) and counts its images
+        return {UNREADABLE_IMAGES_KEY: torch.tensor(len(samples))}
     batch = default_collate(readable)
     batch[UNREADABLE_IMAGES_KEY] = torch.tensor(len(samples) - len(readable))
     return batch

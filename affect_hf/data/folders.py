@@ -14,6 +14,8 @@ import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetInfo, Features, Image, NamedSplit, Value
 from datasets.table import InMemoryTable
 
+from ..files import walk_files
+
 
 # The image files every reader and source of this package accepts (by extension, case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -90,14 +92,11 @@ def load_class_folders(
 
     paths, names, labels = [], [], []
     for subfolder, index in mapping.items():
-        for directory, dirnames, filenames in os.walk(folder / subfolder):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if is_image_file(filename):
-                    path = os.path.join(directory, filename)
-                    paths.append(path)
-                    names.append(os.path.relpath(path, folder).replace(os.sep, "/"))
-                    labels.append(index)
+        for file in walk_files(folder / subfolder):  # symlinked folders followed, once each
+            if is_image_file(file.name):
+                paths.append(str(file))
+                names.append(file.relative_to(folder).as_posix())
+                labels.append(index)
     if not paths:
         raise ValueError(f"{folder}: no image files in its class folders {subfolders}")
     return classification_dataset(paths, names, labels, class_names, split)

@@ -17,8 +17,9 @@ import PIL.ImageOps
 
 
 MAX_PIXELS = 150_000_000
-# Modes holding more than 8 bits per sample: `convert("RGB")` would clip them (16-bit pictures come out white).
-HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+# Modes holding more than 8 bits per sample: `convert("RGB")` would clip them (16-bit pictures come out white,
+# float ones in [0, 1] black).
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class PictureTooLargeError(OSError):
@@ -56,11 +57,31 @@ def open_picture(
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode as 8-bit RGB; high-depth pictures are scaled down to 8 bits rather than clipped."""
+    """Any PIL mode as 8-bit RGB; high-depth pictures are scaled to 8 bits rather than clipped.
+
+    16-bit pictures are divided by 257 (65535 -> 255). 32-bit integer and float pictures are read by their range:
+    values up to 1 (floats) are fractions of white, up to 255 already 8-bit, up to 65535 16-bit; larger ranges
+    are scaled by their maximum. Not-a-number and negative values are black.
+    """
     if image.mode in HIGH_DEPTH_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        image = PIL.Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8))
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        image = PIL.Image.fromarray(
+            np.round(values * _eight_bit_scale(image.mode, values)).clip(0, 255).astype(np.uint8)
+        )
     return image.convert("RGB")
+
+
+def _eight_bit_scale(mode: str, values: np.ndarray) -> float:
+    if mode.startswith("I;16"):
+        return 1 / 257
+    brightest = float(values.max()) if values.size else 0.0
+    if mode == "F" and brightest <= 1.0:
+        return 255.0
+    if brightest <= 255:
+        return 1.0
+    if brightest <= 65535:
+        return 1 / 257
+    return 255 / brightest
 
 
 def read_picture(

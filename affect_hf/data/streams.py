@@ -32,7 +32,7 @@ import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 
-from ..files import atomic_path
+from ..files import atomic_path, walk_files
 from .datasets import UNREADABLE_IMAGES_KEY, collate_skipping_unreadable
 from .folders import is_image_file
 from .transforms import augmentation_rng, load_rgb_image
@@ -117,12 +117,10 @@ def write_image_list(folder: str | os.PathLike, list_path: str | os.PathLike) ->
     folder = Path(folder).absolute()
     count = 0
     with atomic_path(list_path) as staging, open(staging, "w", encoding="utf-8") as handle:
-        for directory, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-            for filename in sorted(filenames):
-                if is_image_file(filename) and not filename.startswith("."):
-                    handle.write(os.path.join(directory, filename) + "\n")
-                    count += 1
+        for file in walk_files(folder):  # symlinked folders followed, once each
+            if is_image_file(file.name):
+                handle.write(f"{file}\n")
+                count += 1
         if not count:
             raise ValueError(f"{folder} holds no image files")
     return count

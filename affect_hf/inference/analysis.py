@@ -46,6 +46,7 @@ class FaceAffectAnalyzer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.detector, self.batch_size = model, detector, batch_size
+        self.source: str | None = None  # the folder or Hub id it was loaded from (`from_pretrained`)
         self.config = model.config
         self.device = model.device
         self.image_size = model.config.image_size
@@ -69,7 +70,9 @@ class FaceAffectAnalyzer:
         mean, std = load_image_normalisation(model, **hub_options)
         if isinstance(detector, str):
             detector = load_face_detector(detector, affect_model.device, min_score=min_face_score, max_faces=max_faces)
-        return cls(affect_model, detector, mean, std, batch_size)
+        analyzer = cls(affect_model, detector, mean, std, batch_size)
+        analyzer.source = str(model)
+        return analyzer
 
     @property
     def landmark_names(self) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ import torch
 
 from ..data.pictures import MAX_PIXELS, read_picture
 from ..faces.detection import as_image_tensor
+from ..files import walk_files
 
 
 logger = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Frame:
     """One picture to analyse: `index` counts the video's decoded frames from 0 (0 for a still image); `time` is
-    the frame's presentation time in seconds (None for a still image)."""
+    the frame's presentation time in seconds (None for a still image); `item` is the input it comes from."""
 
     source: str
     index: int
     time: float | None
     image: torch.Tensor  # 3 x H x W uint8 RGB
+    item: int = 0  # the input it comes from: its position in the list `expand_inputs` gave
 
 
 @dataclass
@@ -56,15 +58,17 @@ class MediaReport:
     corrupt_packets: dict[str, int] = field(default_factory=dict)
     video_rates: dict[str, float] = field(default_factory=dict)
     cut_at_seconds: dict[str, float] = field(default_factory=dict)
+    # Videos that end before their header says (a truncated file): (seconds read, seconds declared).
+    cut_short: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def expand_inputs(
     inputs: MediaInput | Sequence[MediaInput], exclude: tuple[str | os.PathLike, ...] = ()
 ) -> list[Path | Picture]:
     """What there is to read, in the order given: files as they are, folders walked (sorted, hidden entries left
-    out), pictures in memory (PIL images, H x W x 3 uint8 arrays, 3 x H x W uint8 tensors) named `<image N>` by
-    their position among `inputs`. `exclude` (this run's own outputs, files or folders) is left out; a path that
-    does not exist, or nothing at all to read, is an error."""
+    out, symlinked folders followed once each), pictures in memory (PIL images, H x W x 3 uint8 arrays,
+    3 x H x W uint8 tensors) named `<image N>` by their position among `inputs`. `exclude` (this run's own
+    outputs, files or folders) is left out; a path that does not exist, or nothing at all to read, is an error."""
     if isinstance(inputs, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
         inputs = [inputs]
     excluded = [Path(path).absolute() for path in exclude]
@@ -75,11 +79,7 @@ def expand_inputs(
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(
-                file
-                for file in path.rglob("*")
-                if file.is_file() and not any(p.startswith(".") for p in file.parts[len(path.parts) :])
-            )
+            files = list(walk_files(path))
         elif path.is_file():
             files = [path]
         else:
@@ -102,14 +102,20 @@ def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor |
 
 
 def video_frames(
-    path: Path, every_n_frames: int, report: MediaReport, stop: threading.Event, max_seconds: float | None = None
+    path: Path,
+    every_n_frames: int,
+    report: MediaReport,
+    stop: threading.Event,
+    max_seconds: float | None = None,
+    item: int = 0,
 ) -> Iterator[Frame]:
     """Decoded frames of a video's first video stream, packet by packet: a packet that fails to decode is counted
     and skipped, and a file that breaks off ends the video, keeping every frame read before.
 
     Times count from the stream's start; a frame's index is its time x the frame rate (so a lost packet does not
     shift the frames after it), or its place in decoding order when the stream has no rate. With `max_seconds`,
-    the video is cut there (recorded in `report.cut_at_seconds`).
+    the video is cut there (recorded in `report.cut_at_seconds`). A video whose frames end more than a frame before
+    the duration its header declares is reported as cut short (`report.cut_short`), with the frames it had.
     """
     import av
 
@@ -120,7 +126,8 @@ def video_frames(
         rate = float(stream.average_rate) if stream.average_rate else None
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         report.video_rates[source] = rate
-        decoded_count = 0
+        declared = float(stream.duration * stream.time_base) if stream.duration else None
+        decoded_count, last_time = 0, None
         packets = container.demux(stream)
         broken = False
         while not stop.is_set() and not broken:
@@ -150,8 +157,15 @@ def video_frames(
                 if decoded_count % every_n_frames == 0:
                     index = round(time * rate) if time is not None and rate else decoded_count
                     image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-                    yield Frame(source, index, time, image)
+                    yield Frame(source, index, time, image, item)
                 decoded_count += 1
+                last_time = time if time is not None else last_time
+        if stop.is_set() or not (declared and rate):
+            return
+        read = last_time + 1 / rate if last_time is not None else 0.0
+        if read < declared - 1.5 / rate:
+            logger.warning("%s: cut short: its frames end at %.2f s, its header says %.2f s", source, read, declared)
+            report.cut_short[source] = (read, declared)
 
 
 def is_video(path: Path) -> str | None:
@@ -174,18 +188,20 @@ def iter_frames(
     stop: threading.Event,
     max_seconds: float | None = None,
     max_pixels: int = MAX_PIXELS,
+    first_item: int = 0,
 ) -> Iterator[Frame]:
     """Every input's frames in order; unreadable files are logged, recorded in `report.skipped` and passed over.
+    Frames carry their input's position, counted from `first_item` (where a resumed run starts).
 
     A file that is a picture is never handed to the video reader, also when it is refused (PyAV would open a PNG
     as a one-frame video).
     """
-    for path in items:
+    for item, path in enumerate(items, start=first_item):
         if stop.is_set():
             return
         if isinstance(path, Picture):
             report.images += 1
-            yield Frame(path.name, 0, None, path.image)
+            yield Frame(path.name, 0, None, path.image, item)
             continue
         try:
             image = read_still_image(path, max_pixels)
@@ -196,7 +212,7 @@ def iter_frames(
             continue
         if image is not None:
             report.images += 1
-            yield Frame(str(path), 0, None, image)
+            yield Frame(str(path), 0, None, image, item)
             continue
         try:
             reason = is_video(path)
@@ -208,7 +224,7 @@ def iter_frames(
             continue
         report.videos += 1
         try:
-            yield from video_frames(path, every_n_frames, report, stop, max_seconds)
+            yield from video_frames(path, every_n_frames, report, stop, max_seconds, item)
         except Exception as error:  # noqa: BLE001  (a broken file must not end the run; the frames before are kept)
             logger.warning("%s: reading stopped (%s: %s)", path, type(error).__name__, error)
             report.corrupt_packets[str(path)] = report.corrupt_packets.get(str(path), 0) + 1
@@ -224,6 +240,7 @@ def prefetched_frames(
     max_queued: int,
     max_seconds: float | None = None,
     max_pixels: int = MAX_PIXELS,
+    first_item: int = 0,
 ) -> Iterator[Frame]:
     """`iter_frames` run in a background thread, at most `max_queued` frames ahead of the consumer."""
     frames: queue.Queue = queue.Queue(maxsize=max_queued)
@@ -240,7 +257,7 @@ def prefetched_frames(
 
     def produce() -> None:
         try:
-            for frame in iter_frames(items, every_n_frames, report, stop, max_seconds, max_pixels):
+            for frame in iter_frames(items, every_n_frames, report, stop, max_seconds, max_pixels, first_item):
                 hand_over(frame)
             hand_over(_END)
         except BaseException as error:  # noqa: BLE001  (handed to the consumer, raised there)

@@ -37,9 +37,11 @@ def draw_faces(image: PIL.Image.Image, faces: list[FaceResult]) -> PIL.Image.Ima
 class OverlayWriter:
     """An H.264 video of one input video's analysed frames, at its frame rate / `every_n_frames`.
 
-    Written to a hidden file beside `path` and renamed on `close()`, which also runs on Ctrl-C: the overlay then
-    ends where the table does. A failure while encoding removes the hidden file and publishes nothing. It shows the
-    first video among the inputs; other videos and still pictures are not drawn.
+    Written to a hidden file beside `path` and renamed into place when its video ends (the next input's first
+    frame) or on `close()`, which also runs on Ctrl-C: the overlay then ends where the table does. A kill leaves the
+    hidden file, which the next writer of `path` removes (`affect-hf predict --resume` redoes the video's overlay
+    with the video). A failure while encoding removes the hidden file and publishes nothing. It shows the first video
+    among the inputs; other videos and still pictures are not drawn. The caller holds `path`'s lock.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -52,11 +54,16 @@ class OverlayWriter:
         self.source: str | None = None
         self.container = self.stream = None
         self.staging: StagedFile | None = None
+        for leftover in self.path.parent.glob(f".{self.path.name}.*{self.path.suffix}"):  # a killed writer's
+            leftover.unlink(missing_ok=True)
 
     def add(self, frame: Frame, faces: list[FaceResult], rate: float | None, every_n_frames: int) -> None:
         import av
 
-        if frame.time is None or self.source not in (None, frame.source):
+        if self.source is not None and frame.source != self.source:
+            self.close()  # its video has ended
+            return
+        if frame.time is None:
             return
         try:
             if self.source is None:

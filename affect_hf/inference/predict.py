@@ -7,6 +7,8 @@ the detector and the affect model on one device, tracked per video into stable f
 time, and handed on batch by batch. Ctrl-C, a crash or a broken file never loses the rows already written.
 """
 
+import hashlib
+import json
 import logging
 import os
 import time as clock
@@ -20,11 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.pictures import MAX_PIXELS
+from ..files import OutputLock
+from ..models import is_local_path, weights_sha256
 from .analysis import FaceAffectAnalyzer
 from .media import Frame, MediaInput, MediaReport, expand_inputs, prefetched_frames
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
-from .table import TableWriter, check_table_path, read_table
+from .table import TableWriter, check_output, check_table_path, read_table
 from .tracking import FaceTracker
 
 
@@ -91,6 +95,10 @@ class AnalysisRun:
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
         self.items = expand_inputs(inputs, exclude)
+        self.start = 0  # the first input to read (a resumed run skips the finished ones)
+        self.options = {"every_n_frames": every_n_frames, "max_faces": max_faces, "min_face_score": min_face_score,
+                        "smoothing": smoothing, "max_gap": max_gap, "max_seconds": max_seconds,
+                        "max_pixels": max_pixels}  # fmt: skip
         if isinstance(model, FaceAffectAnalyzer):
             self.analyzer = model
         else:
@@ -107,8 +115,9 @@ class AnalysisRun:
 
     def __iter__(self) -> Iterator[Batch]:
         frames = prefetched_frames(
-            self.items, self.every_n_frames, self.report, 2 * self.batch_size, self.max_seconds, self.max_pixels
-        )
+            self.items[self.start :], self.every_n_frames, self.report, 2 * self.batch_size, self.max_seconds,
+            self.max_pixels, first_item=self.start,
+        )  # fmt: skip
         bar = tqdm(unit="frame", desc="analyse", disable=not self.progress, dynamic_ncols=True)
         try:
             batch: list[Frame] = []
@@ -129,6 +138,23 @@ class AnalysisRun:
         finally:
             bar.close()
             frames.close()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What names this run for a resume: the inputs (path, size, modification time), the model, the options
+        and the columns. Batch size and device may change: they change no row beyond rounding."""
+        listed = [[str(item), *_identity(item)] for item in self.items]
+        analyzer = self.analyzer
+        return {
+            "inputs": _digest(listed),
+            "num_inputs": len(self.items),
+            "model": analyzer.source,
+            "model_weights": weights_sha256(analyzer.source) if analyzer.source and is_local_path(analyzer.source)
+            else None,
+            "backend": type(analyzer.model).__name__,
+            "detector": type(analyzer.detector).__name__,
+            **self.options,
+            "columns": _digest(self.schema.names),
+        }  # fmt: skip
 
     @staticmethod
     def rows(batch: Batch) -> list[dict[str, Any]]:
@@ -172,9 +198,23 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     return table
 
 
+def _identity(item) -> list:
+    """A file's size and modification time (a changed file is another input); nothing for a picture in memory."""
+    if isinstance(item, Path):
+        status = item.stat()
+        return [status.st_size, status.st_mtime_ns]
+    return []
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
 @dataclass
 class PredictionSummary:
     output: Path
+    inputs: int = 0
+    resumed_inputs: int = 0  # inputs a resumed run found finished
     rows: int = 0
     frames: int = 0
     faces: int = 0
@@ -196,46 +236,86 @@ def predict(
     plots_dir: str | os.PathLike | None = None,
     overlay: str | os.PathLike | None = None,
     progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    rows_per_part: int = 8192,
+    flush_seconds: float = 10.0,
     **options: Any,
 ) -> PredictionSummary:
     """Analyse every face of every frame of `paths` into the table `output` (FILE.csv, or a Parquet folder).
 
-    Options are `analyze`'s. Returns what was done; the table is complete up to the last frame analysed even when
-    interrupted (`summary.interrupted`). This run's own outputs are never read back as inputs. `plots_dir` gets the
-    plots of `affect_hf.plots.save_plots`; `overlay` the first video with the faces drawn.
+    Options are `analyze`'s. The output is written as the rows come (`table.TableWriter`: readable after a kill,
+    one writer at a time); an existing output is refused unless `resume` (continue it: finished inputs are kept,
+    an unfinished one is redone) or `overwrite`. Returns what was done (`summary.interrupted` after Ctrl-C). This
+    run's own outputs are never read back as inputs. `plots_dir` gets `affect_hf.plots.save_plots` of the whole
+    table; `overlay` the first video with the faces drawn (kept as it is when a resumed run finds it written).
     """
     check_table_path(output)
-    own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
-    run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, **options)
+    locks = [OutputLock(path).acquire() for path in (output, overlay) if path is not None]  # refused at once
+    try:
+        check_output(output, resume, overwrite)
+        own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
+        run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, **options)
+        writer = TableWriter(output, run.schema, run.fingerprint(), resume=resume, overwrite=overwrite,
+                             rows_per_part=rows_per_part, flush_seconds=flush_seconds, lock=locks[0])  # fmt: skip
+        kept_overlay = overlay is not None and resume and Path(overlay).is_file()
+        return _write_table(run, writer, plots_dir, None if kept_overlay else overlay)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay) -> PredictionSummary:
+    """The run's rows into the writer, input after input, batch by batch; the overlay and the plots."""
+    run.start = writer.inputs_done
+    summary = PredictionSummary(writer.path, inputs=len(run.items), resumed_inputs=run.start, media=run.report)
+    if run.start:
+        logger.info("resuming %s: %d of %d inputs were finished", writer.path, run.start, len(run.items))
     overlay_writer = None
     if overlay is not None:
         from .overlay import OverlayWriter
 
         overlay_writer = OverlayWriter(overlay)
-    summary = PredictionSummary(Path(output), media=run.report)
-    started = clock.perf_counter()
-    writer = TableWriter(output, run.schema)
+    started, finished = clock.perf_counter(), run.start
+    complete = failing = False
     try:
         for batch in run:
             for frame, faces in batch:
+                if frame.item > finished:  # every earlier input has all its rows
+                    writer.finish_inputs(frame.item)
+                    finished = frame.item
                 rows = frame_rows(frame.source, frame.index, frame.time, faces)
                 writer.write(rows)
                 summary.rows += len(rows)
                 if overlay_writer is not None:
                     overlay_writer.add(frame, faces, run.report.video_rates.get(frame.source), run.every_n_frames)
-            summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+            writer.flush()
+        writer.finish_inputs(len(run.items))
+        complete = True
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning("interrupted: keeping the %d rows written so far", summary.rows)
+    except BaseException:
+        failing = True
+        raise
     finally:
         summary.seconds = clock.perf_counter() - started
-        try:  # the rows first: whatever happens next, they are on disk
-            writer.close(keep=run.frames > 0)
-        finally:
-            if overlay_writer is not None:
-                overlay_writer.close()
-    summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
-    if plots_dir is not None and summary.rows:
+        summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+        try:
+            try:  # the rows first: whatever happens next, they are on disk
+                if run.frames or writer.rows:
+                    writer.close(complete=complete)
+                else:  # nothing was read: no table is left behind
+                    writer.discard()
+            finally:
+                if overlay_writer is not None:
+                    overlay_writer.close()
+        except Exception as error:
+            if not failing:
+                raise
+            # The error that stopped the run is the one to report (a full disk fails these writes too).
+            logger.warning("%s could not be closed cleanly: %s", writer.path, error)
+    if plots_dir is not None and writer.rows:
         from ..plots import save_plots
 
         summary.plots = save_plots(read_table(summary.output), plots_dir)

@@ -37,7 +37,7 @@ from ..data.abaw_mtl import (
 )
 from ..data.abaw_tracks import ABAW_TRACK_FIELDS, ABAW_TRACK_HEADERS, ABAW_TRACKS
 from ..evaluation import check_model_for_track, iter_predictions, load_split, split_dataset
-from ..files import atomic_path, write_text_atomically
+from ..files import OutputLock, atomic_path, write_text_atomically
 from ..labels import (
     ABAW_EXPRESSIONS,
     LSD_EXPRESSIONS,
@@ -268,6 +268,13 @@ def predict_abaw(
     output = Path(output)
     if track not in SUBMISSION_TRACKS:
         raise ValueError(f"unknown submission track {track!r}; expected one of {', '.join(SUBMISSION_TRACKS)}")
+    with OutputLock(output):  # one run per submission file: two would share its progress file
+        return _predict_abaw(model_path, data_dir, track, output, batch_size, num_workers, device, save_every,
+                             max_batches, image_dir, test_list, backend)  # fmt: skip
+
+
+def _predict_abaw(model_path, data_dir, track, output: Path, batch_size, num_workers, device, save_every, max_batches,
+                  image_dir, test_list, backend) -> Path | None:  # fmt: skip
     names = abaw_test_names(data_dir, track, test_list)
     if track in ("mtl", "lsd"):
         split = load_split(data_dir, track, "test", image_dir=image_dir)

@@ -1,28 +1,37 @@
-"""The output layout of every analysis table, and its streaming writer.
+"""The output layout of every analysis table, and its writer: crash-safe, resumable, one writer per output.
 
 An output path ending in `.csv` is one CSV file. Any other output (`affect.parquet`, or a name without a suffix)
-is a Parquet *folder* of part files, `part-00000.parquet`, ..., all of one schema (`results.table_schema`), which
-`pandas.read_parquet(folder)` and `datasets.load_dataset("parquet", data_dir=folder)` read as one table. Rows are
-streamed into a hidden staging file or folder beside the output, which replaces the output when the writer closes
-(also on Ctrl-C or an error), so a reader sees the old output or the new one, never half of one.
+is a Parquet *folder* of part files, `part-000000.parquet`, ..., all of one schema (`results.table_schema`), which
+`pandas.read_parquet(folder)` and `datasets.load_dataset("parquet", data_dir=folder)` read as one table.
+
+What a kill leaves: the output is always a readable table of the rows finished so far. CSV rows are appended and
+flushed batch by batch (whole lines, in one write each); Parquet rows land in a new part file every
+`rows_per_part` rows or `flush_seconds` seconds, each part written under a hidden name and renamed into the
+folder, so a part is whole or absent. Beside the rows, a hidden progress record (`.<name>.progress.json` beside a
+CSV, `.progress.json` inside a folder; readers skip hidden files) names how many inputs are finished and where
+their rows end. `resume=True` keeps those rows, cuts away the rest (the rows of an input that was not finished)
+and continues with the next input; an output that exists is otherwise refused unless `overwrite=True`. A lock
+(`files.OutputLock`) keeps a second run out while one writes.
 """
 
 import csv
+import io
+import json
 import os
-import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..files import StagedFile, replace_directory
+from ..files import OutputLock, follow_umask, write_text_atomically
 
 
 CSV_SUFFIX = ".csv"
 PARQUET_SUFFIX = ".parquet"
-PART_NAME = "part-{number:05d}.parquet"
+PART_NAME = "part-{number:06d}.parquet"
+PROGRESS_FORMAT = 1
 
 
 def is_csv_output(path: str | os.PathLike) -> bool:
@@ -38,84 +47,304 @@ def check_table_path(path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: an output is FILE.csv, or a Parquet folder (FOLDER.parquet or FOLDER)")
     if is_csv_output(path) and path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; a CSV output is a file")
+    if not is_csv_output(path) and path.is_file():
+        raise NotADirectoryError(f"{path} is a file; a Parquet output is a folder of part files (or name a .csv)")
     return path
 
 
-class TableWriter:
-    """Rows streamed to a CSV file or a Parquet folder (see the module's docstring), staged beside the output.
+def progress_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.progress.json") if is_csv_output(path) else path / ".progress.json"
 
-    `close()` (also on Ctrl-C or an error, when used as a context manager) finishes the staging file or folder and
-    moves it into place. A CSV is flushed every `rows_per_part` rows; a Parquet folder gets one part file per
-    `rows_per_part` rows (a folder of no rows holds one empty part, so that readers still see the columns).
+
+def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Whether a run may write `path`, before any work is done; returns the progress record to resume from.
+
+    An existing output needs `resume` (and a progress record) or `overwrite`; a folder that holds other files than
+    a table's is never replaced.
+    """
+    path = check_table_path(path)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the output, or replace it")
+    if not path.exists():
+        return None
+    progress = read_progress(path)
+    if resume:
+        if progress is None:
+            raise ValueError(
+                f"{path} was not written by a resumable run (it has no progress record): replace it with "
+                "--overwrite, or choose another output"
+            )
+        return progress
+    if not is_csv_output(path):
+        foreign = sorted(
+            entry.name for entry in path.iterdir() if not entry.name.startswith(".") and not _is_part(entry.name)
+        )
+        if foreign:
+            raise FileExistsError(
+                f"{path} holds files that are not part of a table ({', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}): it is not replaced; choose another output"
+            )
+        if not any(not entry.name.startswith(".") for entry in path.iterdir()):
+            return None  # an empty folder: a new table
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} exists: pass --resume to continue it, --overwrite to replace it, or choose another output"
+        )
+    return None
+
+
+def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The progress record of an output, None when there is none (not written by a resumable run)."""
+    record = progress_path(path)
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{record} is not a progress record ({error}): replace the output with --overwrite") from None
+
+
+class TableWriter:
+    """Rows of an output in order, input after input; see the module's docstring for what a kill leaves.
+
+    The caller writes each input's rows (`write`), says when inputs are finished (`finish_inputs(count)`: the first
+    `count` inputs have all their rows written), calls `flush()` after each batch and `close()` at the end.
+    `inputs_done` is where a resumed run starts. `fingerprint` names the run (model, options, inputs): a resume
+    with another is refused, naming what changed.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, rows_per_part: int = 512):
-        self.path, self.schema, self.rows_per_part = check_table_path(path), schema, rows_per_part
-        self.rows: list[dict[str, Any]] = []
-        self.written = self.parts = 0
-        if is_csv_output(self.path):
-            self.staged = StagedFile(self.path)
-            self.file = open(self.staged.path, "w", newline="", encoding="utf-8")  # noqa: SIM115  (closed in close())
-            self.csv = csv.DictWriter(self.file, fieldnames=schema.names, extrasaction="raise")
-            self.csv.writeheader()
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: pa.Schema,
+        fingerprint: dict[str, Any] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        rows_per_part: int = 8192,
+        flush_seconds: float = 10.0,
+        lock: OutputLock | None = None,
+    ):
+        self.path, self.schema = check_table_path(path), schema
+        self.fingerprint = fingerprint or {}
+        self.rows_per_part, self.flush_seconds = rows_per_part, flush_seconds
+        self.csv = is_csv_output(self.path)
+        # The lock a caller already holds (taken before its slow start) stays the caller's to release.
+        self.own_lock = lock is None
+        self.lock = OutputLock(self.path).acquire() if lock is None else lock
+        try:
+            self._open(resume, overwrite)
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self, resume: bool, overwrite: bool) -> None:
+        self.buffer: list[dict[str, Any]] = []
+        # (inputs finished, rows then, CSV bytes then): written, but maybe not yet on disk; `done` is on disk.
+        self.boundaries: list[tuple[int, int, int]] = []
+        self.complete = False
+        self.last_flush = time.monotonic()
+        progress = check_output(self.path, resume, overwrite)
+        self._remove_leftovers()
+        if progress is None:
+            self._create()
+            return
+        changed = [key for key in sorted({*progress["fingerprint"], *self.fingerprint})
+                   if progress["fingerprint"].get(key) != self.fingerprint.get(key)]  # fmt: skip
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.path}: this run differs from the one that wrote it ({', '.join(changed)} "
+                "changed); run it as it was, or replace the output with --overwrite"
+            )
+        self._reopen(progress)
+
+    def _remove_leftovers(self) -> None:
+        """What a killed run left half-done (under the lock, so no other run's): part files being written, and the
+        staging files of earlier versions' writers."""
+        if self.csv:
+            for leftover in self.path.parent.glob(f".{self.path.name}.*{CSV_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+            for pattern in (f".{self.path.name}.tmp-*", f".{self.path.name}.*{PARQUET_SUFFIX}"):
+                for leftover in self.path.parent.glob(pattern):
+                    _remove_tree(leftover)
+            if self.path.is_dir():
+                for leftover in self.path.glob(".part-*"):
+                    leftover.unlink(missing_ok=True)
+
+    def _create(self) -> None:
+        if self.csv:
+            header = io.StringIO()
+            csv.writer(header).writerow(self.schema.names)
+            self.file = open(self.path, "wb", buffering=0)  # noqa: SIM115  (closed in close())
+            self.bytes = 0
+            self._append(header.getvalue().encode("utf-8"))
+            follow_umask(self.path)
+            self.parts: list[list] = []
+        else:
+            if self.path.is_dir():  # replacing a table folder (`check_output` found only its own files)
+                for entry in self.path.iterdir():
+                    if _is_part(entry.name) or entry.name == progress_path(self.path).name:
+                        entry.unlink()
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.parts = []
+            self._write_part([])  # the folder reads as a table (of no rows) from the start
+        self.rows, self.bytes = 0, self.bytes if self.csv else 0
+        self.done = (0, 0, self.bytes)
+        self._record()
+
+    def _reopen(self, progress: dict[str, Any]) -> None:
+        """Keep the rows of the finished inputs; cut away the rows after them."""
+        self.rows, self.bytes = progress["rows"], progress.get("bytes", 0)
+        self.done = (progress["inputs_done"], self.rows, self.bytes)
+        self.complete = progress["complete"]
+        if self.csv:
+            self.file = open(self.path, "r+b", buffering=0)  # noqa: SIM115  (closed in close())
+            self.file.truncate(self.bytes)
+            self.file.seek(self.bytes)
+            self.parts = []
+            return
+        kept, total = [], 0
+        for name, count in progress["parts"]:
+            if total + count <= self.rows:
+                kept.append([name, count])
+            elif total < self.rows:  # the part where the finished rows end: its first rows stay
+                table = pq.read_table(self.path / name).slice(0, self.rows - total)
+                self._write_table(table, name)
+                kept.append([name, self.rows - total])
+            total += count
+        names = {name for name, _ in kept}
+        for part in self.path.glob("part-*"):
+            if part.name not in names:
+                part.unlink()
+        self.parts = kept
+
+    # ------------------------------------------------------------------ writing
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        self.rows += rows
-        if len(self.rows) >= self.rows_per_part:
-            self.flush()
-
-    def flush(self) -> None:
-        rows, self.rows = self.rows, []  # taken first: an interrupt mid-write never writes them twice
+        """Rows in table order; a CSV gets them at once (one write of whole lines), a folder at the next part."""
         if not rows:
             return
-        if is_csv_output(self.path):
-            self.csv.writerows(_csv_row(row) for row in rows)
-            self.file.flush()
+        if self.csv:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=self.schema.names, extrasaction="raise", lineterminator="\r\n")
+            writer.writerows(_csv_row(row) for row in rows)
+            self._append(text.getvalue().encode("utf-8"))
         else:
+            self.buffer += rows
+        self.rows += len(rows)
+
+    @property
+    def inputs_done(self) -> int:
+        """How many inputs (from the first) have all their rows on disk."""
+        return self.done[0]
+
+    def _append(self, data: bytes) -> None:
+        """Whole lines at the CSV's end; a write that fails (a full disk) is cut back off, and named."""
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self.file.write(view) :]
+        except OSError as error:
+            self.file.truncate(self.bytes)
+            self.file.seek(self.bytes)
+            raise OSError(f"{self.path}: cannot write the table ({error.strerror or error})") from None
+        self.bytes += len(data)
+
+    def finish_inputs(self, count: int) -> None:
+        """The first `count` inputs have all their rows written (an input that gave no frame has none)."""
+        if count > (self.boundaries[-1][0] if self.boundaries else self.done[0]):
+            self.boundaries.append((count, self.rows, self.bytes))
+
+    def flush(self, force: bool = False) -> None:
+        """Rows to disk (a CSV: now; a folder: a part when enough rows or seconds have gathered, or `force`), then the
+        progress record: the inputs whose rows are all on disk."""
+        elapsed = time.monotonic() - self.last_flush
+        # (A CSV buffers nothing: its writes are whole and unbuffered, on disk already.)
+        if self.buffer and (force or len(self.buffer) >= self.rows_per_part or elapsed >= self.flush_seconds):
+            rows, self.buffer = self.buffer, []  # taken first: an interrupt mid-write never writes them twice
             self._write_part(rows)
-        self.written += len(rows)
+        on_disk = self.rows - len(self.buffer)
+        durable = [boundary for boundary in self.boundaries if boundary[1] <= on_disk]
+        if durable:
+            self.done = durable[-1]
+            self.boundaries = self.boundaries[len(durable) :]
+            self._record()
 
     def _write_part(self, rows: list[dict[str, Any]]) -> None:
-        part = self.folder / PART_NAME.format(number=self.parts)
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), part)
-        self.parts += 1
+        """A new part; the first rows replace the empty part a new folder starts with."""
+        if self.parts and self.parts[-1][1] == 0:
+            self.parts.pop()
+        name = PART_NAME.format(number=len(self.parts))
+        self._write_table(pa.Table.from_pylist(rows, schema=self.schema), name)
+        self.parts.append([name, len(rows)])
+        self.last_flush = time.monotonic()
 
-    def close(self, keep: bool = True) -> Path:
-        """Finish the output and put it in place; `keep=False` (nothing worth keeping) leaves any old output as it
-        was and removes the staging file or folder."""
-        if is_csv_output(self.path):
-            try:
-                if keep:
-                    self.flush()
-            finally:
-                self.file.close()
-                self.staged.publish() if keep else self.staged.discard()
-            return self.path
+    def _write_table(self, table: pa.Table, name: str) -> None:
+        """A part under a hidden name, renamed into the folder: whole or absent."""
+        staging = self.path / f".{name}.tmp"
         try:
-            if keep:
-                self.flush()
-                if not self.parts:
-                    self._write_part([])
-                os.chmod(self.folder, 0o755)
-                replace_directory(self.folder, self.path)
+            pq.write_table(table, staging)
+        except OSError as error:
+            staging.unlink(missing_ok=True)
+            raise OSError(f"{self.path}: cannot write a part of the table ({error.strerror or error})") from None
+        follow_umask(staging)
+        os.replace(staging, self.path / name)
+
+    def _record(self) -> None:
+        inputs_done, rows, size = self.done
+        record = {"format": PROGRESS_FORMAT, "fingerprint": self.fingerprint, "inputs_done": inputs_done,
+                  "rows": rows, "complete": self.complete}  # fmt: skip
+        if self.csv:
+            record["bytes"] = size
+        else:
+            record["parts"] = self.parts
+        write_text_atomically(progress_path(self.path), json.dumps(record, indent=1) + "\n")
+
+    def close(self, complete: bool = True) -> Path:
+        """Every row to disk and the progress recorded (`complete`: every input finished); the lock is released."""
+        try:
+            self.flush(force=True)
+            if complete and not self.boundaries:
+                self.complete = True
+                self._record()
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.csv:
+                self.file.close()
+            self._release()
         return self.path
 
-    def __enter__(self) -> "TableWriter":
-        return self
+    def discard(self) -> None:
+        """Remove a new output that got no row (a run that read nothing leaves nothing behind)."""
+        try:
+            if self.csv:
+                self.file.close()
+                self.path.unlink(missing_ok=True)
+            else:
+                _remove_tree(self.path)
+            progress_path(self.path).unlink(missing_ok=True)
+        finally:
+            self._release()
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _release(self) -> None:
+        if self.own_lock:
+            self.lock.release()
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: (f"{value:.9g}" if isinstance(value, float) else value) for name, value in row.items()
-    }  # float32 exact
+    return {name: (f"{value:.9g}" if isinstance(value, float) else value) for name, value in row.items()}  # float32
+
+
+def _is_part(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(PARQUET_SUFFIX)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def read_table(path: str | os.PathLike):
@@ -126,4 +355,4 @@ def read_table(path: str | os.PathLike):
     return pd.read_csv(path) if is_csv_output(path) else pd.read_parquet(path)
 
 
-__all__ = ["TableWriter", "check_table_path", "is_csv_output", "read_table"]
+__all__ = ["TableWriter", "check_table_path", "is_csv_output", "read_progress", "read_table"]

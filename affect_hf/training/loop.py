@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.datasets import UNREADABLE_IMAGES_KEY, collate_skipping_unreadable
-from ..files import atomic_path
+from ..files import OutputLock, atomic_path
 from ..hub import push_folder_to_hub
+from ..models import readable_weights
 from .arguments import TrainingArguments, resolve_mixed_precision
 from .command_line import parse_train_arguments
 from .optimization import build_schedule
@@ -142,10 +143,10 @@ class _LossWindow:
         (one collective)."""
         names = sorted(self.sums)
         counts = torch.tensor([float(self.images), float(self.unreadable)], device=accelerator.device)
-        values = torch.cat([torch.stack([self.sums[name] for name in names]).to(accelerator.device), counts])
-        totals = accelerator.reduce(values, reduction="sum").tolist()
+        sums = [self.sums[name].to(accelerator.device).reshape(1) for name in names]
+        totals = accelerator.reduce(torch.cat([*sums, counts]), reduction="sum").tolist()
         count = self.micro_batches * accelerator.num_processes
-        means = {name: total / count for name, total in zip(names, totals, strict=False)}
+        means = {name: total / count for name, total in zip(names, totals, strict=False)} if count else {}
         self.sums, self.micro_batches, self.images, self.unreadable = {}, 0, 0, 0
         return means, int(round(totals[-2])), int(round(totals[-1]))
 
@@ -203,14 +204,17 @@ class _Run:
         self.output_dir = Path(self.args.output_dir)
         self.state = TrainerState()
         self.stream_state: dict | None = None
+        self.lock = OutputLock(self.output_dir)  # released by `train` whatever happens
 
     # ------------------------------------------------------------------ phases
 
     def prepare_output(self) -> None:
-        """Check the output folder (main process); errors here leave no run record: the folder stays reusable."""
+        """Take the output folder's lock and check the folder (main process; one training per folder); errors here
+        leave no run record: the folder stays reusable."""
         error = None
         if self.accelerator.is_main_process:
             try:
+                self.lock.acquire()
                 prepare_output_dir(
                     self.output_dir,
                     bool(self.args.resume_from_checkpoint),
@@ -225,7 +229,10 @@ class _Run:
         """The model and data (from the shared seed), the loaders, the sizes, the optimiser and the schedule."""
         args, recipe, accelerator = self.args, self.recipe, self.accelerator
         set_seed(args.seed)
-        model = recipe.build_model()
+        sources = [str(value) for name, value in vars(recipe.recipe_args).items()
+                   if value and name.endswith(("_path", "model_name_or_path"))]  # fmt: skip
+        with readable_weights(" and ".join(sources) or "the model's folders"):
+            model = recipe.build_model()
         data = recipe.build_data(model, accelerator)
         if data.evaluation is not None:
             _check_evaluation_images(data.evaluation, args, accelerator)
@@ -276,7 +283,7 @@ class _Run:
         scheduler = build_schedule(
             optimizer,
             args.lr_schedule,
-            warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+            warmup_steps=warmup_steps(args, steps_per_epoch, total_steps),
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
             min_lr_rate=min(1.0, args.min_learning_rate / learning_rate),
@@ -338,6 +345,7 @@ class _Run:
                 self.evaluate(-1, None)
                 self.write_history()
             self.window, self.interval, self.started = _LossWindow(), {}, time.perf_counter()
+            self.window_batch = None
             for epoch in range(state.epoch, plan.num_epochs):
                 if state.global_step >= plan.total_steps:
                     break
@@ -369,23 +377,50 @@ class _Run:
             window_start = position - position % accumulation
             window_end = min(window_start + accumulation, plan.micro_batches_per_epoch)
             last_in_window = position + 1 == window_end
-            outputs = plan.training_step.backward(batch, window_end - window_start, last_in_window)
-            self.window.add(outputs, len(batch["pixel_values"]), unreadable)
+            if self.skipped_everywhere(batch):
+                self.skip_micro_batch(epoch, len(batch.get("pixel_values", ())) + unreadable, window_end - window_start,
+                                      last_in_window)  # fmt: skip
+                self.window.unreadable += unreadable
+            else:
+                outputs = plan.training_step.backward(batch, window_end - window_start, last_in_window)
+                self.window.add(outputs, len(batch["pixel_values"]), unreadable)
+                self.window_batch = batch
             state.batches_in_epoch += 1
             if last_in_window:
                 self.optimizer_step(epoch)
                 if state.global_step >= plan.total_steps:
                     break
 
+    def skipped_everywhere(self, batch: dict) -> bool:
+        """Whether this micro-batch is skipped: when any process's holds no readable image, every process skips its
+        own (data-parallel processes must run the same forwards and backwards, or the gradient all-reduce hangs)."""
+        empty = "pixel_values" not in batch
+        if self.accelerator.num_processes == 1:
+            return empty
+        flag = torch.tensor([float(empty)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def skip_micro_batch(self, epoch: int, images: int, window_size: int, last_in_window: bool) -> None:
+        """A micro-batch without a readable image (on some process) trains nothing. When it ends a window that did
+        train, the window's last batch runs again at weight 0 on every process, so that the gradients are synced."""
+        logger.warning(
+            "epoch %d, batch %d: a micro-batch holds no readable image on some process; skipped (%d images here)",
+            epoch, self.state.batches_in_epoch, images,
+        )  # fmt: skip
+        if last_in_window and self.window.micro_batches and self.accelerator.num_processes > 1:
+            self.plan.training_step.backward(self.window_batch, window_size, last_in_window, weight=0.0)
+
     def optimizer_step(self, epoch: int) -> None:
         """The end of an accumulation window: the losses checked, the step taken and logged, and the evaluations
         and saves due between epoch ends."""
         plan, args, state, accelerator = self.plan, self.args, self.state, self.accelerator
+        trained = self.window.micro_batches > 0  # the same on every process (skips are decided together)
         losses, window_images, window_unreadable = self.window.reduce(accelerator)
+        self.window_batch = None
         step = state.global_step + 1
         state.train_images += window_images
         state.unreadable_images += window_unreadable
-        if not math.isfinite(losses["loss"]):
+        if trained and not math.isfinite(losses["loss"]):
             raise NonFiniteLossError(
                 f"the training loss is {losses['loss']} at step {step} (epoch {epoch}; losses {losses}): "
                 f"training stopped. The last good state ({find_latest_state(self.output_dir)}) and the saved "
@@ -397,12 +432,12 @@ class _Run:
                 f"{state.unreadable_images} training images could not be decoded by step {step}, more "
                 f"than --max_bad_images {args.max_bad_images} (their paths are in the warnings above)"
             )
-        plan.training_step.update()
+        plan.training_step.update(step_optimizer=trained)
         state.global_step = step
         self.progress.update(1)
         for name, value in losses.items():
             self.interval.setdefault(name, []).append(value)
-        if step % args.logging_steps == 0 or step == plan.total_steps:
+        if (step % args.logging_steps == 0 or step == plan.total_steps) and self.interval:
             logs = {f"train/{name}": float(np.mean(values)) for name, values in self.interval.items()}
             logs["train/learning_rate"] = plan.scheduler.get_last_lr()[-1]
             logs["train/unreadable_images"] = state.unreadable_images
@@ -555,6 +590,22 @@ class _Run:
         accelerator.wait_for_everyone()
 
 
+def warmup_steps(args: TrainingArguments, steps_per_epoch: int, total_steps: int) -> int:
+    """The warmup in steps. A run cut by `--max_steps` before its warmup ends would never reach its peak rate (and
+    learn nothing): its warmup is scaled to the same share of the run as in the whole schedule (at most half)."""
+    steps = round(args.warmup_epochs * steps_per_epoch)
+    if args.max_steps > 0 and steps >= total_steps:
+        share = min(args.warmup_epochs / args.num_train_epochs, 0.5)
+        scaled = round(share * total_steps)
+        logger.warning(
+            "the warmup (%g epochs, %d steps) is longer than this --max_steps %d run: scaled to %d steps, the share "
+            "of the run it has in the whole schedule (%g of %d epochs)",
+            args.warmup_epochs, steps, total_steps, scaled, args.warmup_epochs, args.num_train_epochs,
+        )  # fmt: skip
+        return scaled
+    return steps
+
+
 def _fingerprint(recipe: Recipe, plan: _Plan, num_processes: int, stream_workers: int | None) -> dict[str, Any]:
     return {
         "num_workers": stream_workers,
@@ -581,14 +632,15 @@ def train(training_args: TrainingArguments, recipe_args: Any = None) -> dict:
     accelerator = make_accelerator(recipe.args, recipe.name)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affect_hf").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    run = _Run(recipe, accelerator)
     try:
-        run = _Run(recipe, accelerator)
         run.prepare_output()
         run.build()
         run.resume()
         return run.train().to_dict()
     finally:
         # Last, whatever happened: trackers are flushed, and in distributed runs the process group is torn down.
+        run.lock.release()
         accelerator.end_training()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from accelerate import Accelerator
 from safetensors import safe_open
 
-from ..files import remove_stale_staging, replace_directory, restore_directory, write_text_atomically
+from ..files import publish_folder, remove_stale_staging, restore_directory, write_text_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ BEST_MODEL_DIR = "best_model"
 FIGURES_DIR = "figures"
 HISTORY_FILE = "training_history.json"
 TRAINER_STATE_FILE = "trainer_state.json"
+# Every file of a state with its size, written last (before the trainer state): a state missing one is corrupt.
+STATE_FILES_FILE = "state_files.json"
+# What accelerate writes into every state, for states saved before the list was kept ({rank}: each process's).
+ACCELERATE_STATE_FILES = (("model.safetensors", "pytorch_model.bin"), ("optimizer.bin",), ("scheduler.bin",))
+RANDOM_STATES_FILE = "random_states_{rank}.pkl"
 STREAM_STATE_FILE = "stream_state_{rank}.json"
 STATE_PREFIX = "step_"
 # What a run writes in its output folder; `--overwrite_output_dir` deletes exactly these (and the tracker folder).
@@ -149,6 +154,7 @@ def validate_state_dir(path: Path) -> dict[str, Any]:
         trainer_state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CorruptStateError(f"{state_file}: {error}") from error
+    _check_files_present(path, trainer_state)
     for file in sorted(path.rglob("*")):
         if not file.is_file():
             continue
@@ -167,6 +173,28 @@ def validate_state_dir(path: Path) -> dict[str, Any]:
         except Exception as error:  # noqa: BLE001 (any failure to read is a corrupt file)
             raise CorruptStateError(f"{file}: {error}") from error
     return trainer_state
+
+
+def _check_files_present(path: Path, trainer_state: dict[str, Any]) -> None:
+    """A state missing a file (deleted, or never written by a crash) is as corrupt as one with a broken file."""
+    listing = path / STATE_FILES_FILE
+    if listing.is_file():
+        try:
+            files = json.loads(listing.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CorruptStateError(f"{listing}: {error}") from error
+        for name, size in files.items():
+            file = path / name
+            if not file.is_file():
+                raise CorruptStateError(f"{file} is missing")
+            if file.stat().st_size != size:
+                raise CorruptStateError(f"{file} has {file.stat().st_size} bytes, {size} when it was saved")
+        return
+    processes = trainer_state.get("run", {}).get("num_processes") or 1
+    required = [*ACCELERATE_STATE_FILES, *((RANDOM_STATES_FILE.format(rank=rank),) for rank in range(processes))]
+    for names in required:
+        if not any((path / name).is_file() for name in names):
+            raise CorruptStateError(f"{path / names[0]} is missing")
 
 
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -247,8 +275,11 @@ def save_training_state(
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = {file.relative_to(staging).as_posix(): file.stat().st_size for file in sorted(staging.rglob("*"))
+                 if file.is_file()}  # fmt: skip
+        write_text_atomically(staging / STATE_FILES_FILE, json.dumps(files, indent=1))
         write_text_atomically(staging / TRAINER_STATE_FILE, json.dumps(trainer_state.to_dict(), indent=2))
-        replace_directory(staging, final)
+        publish_folder(staging, final)
         for old in state_dirs(output_dir)[total_limit:]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -17,19 +17,22 @@ class TrainingStep:
         self.accelerator, self.model = accelerator, model
         self.optimizer, self.scheduler, self.max_grad_norm = optimizer, scheduler, max_grad_norm
 
-    def backward(self, batch: dict, window_size: int, last_in_window: bool):
-        """Forward and backward of one micro-batch; its loss counts 1 / `window_size` of the window's gradient."""
+    def backward(self, batch: dict, window_size: int, last_in_window: bool, weight: float = 1.0):
+        """Forward and backward of one micro-batch; its loss counts `weight` / `window_size` of the window's gradient
+        (weight 0: a backward that only syncs the window's gradients across processes)."""
         sync = contextlib.nullcontext() if last_in_window else self.accelerator.no_sync(self.model)
         with sync:
             outputs = self.model(**batch)
-            self.accelerator.backward(outputs.loss / window_size)
+            self.accelerator.backward(outputs.loss * (weight / window_size))
         return outputs
 
-    def update(self) -> None:
-        """Clip (when asked), step the optimiser and the schedule, clear the gradients."""
-        if self.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+    def update(self, step_optimizer: bool = True) -> None:
+        """Clip (when asked), step the optimiser and the schedule, clear the gradients. Without `step_optimizer` (a
+        window that trained nothing) only the schedule moves on."""
+        if step_optimizer:
+            if self.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -41,8 +41,12 @@ class MaeArguments:
     validation_dir: str | None = field(
         default=None, metadata={"help": "Held-out images (same kinds of source); default: set some aside."}
     )
-    num_validation_images: int = field(
-        default=1000, metadata={"help": "Without --validation_dir: the first N images are held out, not trained on."}
+    num_validation_images: int | None = field(
+        default=None,
+        metadata={
+            "help": "Without --validation_dir: the first N images are held out, not trained on (default: 5%% of the "
+            "source, at most 1000)."
+        },
     )
     model_config: str = field(default="base", metadata={"help": "Preset (tiny, base) or a JSON file of ViTMAEConfig."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved ViTMAE folder to continue."})
@@ -55,8 +59,20 @@ class MaeArguments:
     def __post_init__(self):
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.num_validation_images < 1 and self.validation_dir is None:
+        if self.num_validation_images is not None and self.num_validation_images < 1 and self.validation_dir is None:
             raise ValueError("--num_validation_images must be at least 1 (or give --validation_dir)")
+
+
+def held_out_count(total: int, requested: int | None) -> int:
+    """How many of a source's first images are held out: as requested, or 5% (at most 1000, at least 1); a request
+    that leaves less than half the source to train on is kept, with a warning."""
+    if requested is None:
+        return max(1, min(1000, total // 20))
+    count = min(requested, total - 1)
+    if count > total / 2:
+        logger.warning("--num_validation_images %d holds out %d of the %d images: %d are left to train on", requested,
+                       count, total, total - count)  # fmt: skip
+    return count
 
 
 class FixedMaskDataset(torch.utils.data.Dataset):
@@ -167,7 +183,7 @@ class MaeRecipe(Recipe):
                 limit = held_out_source.total if args.max_eval_samples is None else args.max_eval_samples
                 held_out, set_aside = held_out_source.records(min(limit, held_out_source.total)), 0
             else:
-                set_aside = min(options.num_validation_images, source.total - 1)
+                set_aside = held_out_count(source.total, options.num_validation_images)
                 held_out, unreadable = readable_records(source.records(set_aside))
                 if unreadable:  # images we chose to hold out: drop the broken ones, as training skips them
                     logger.warning(
@@ -177,6 +193,7 @@ class MaeRecipe(Recipe):
                     held_out = held_out[: args.max_eval_samples]
         if not held_out:
             raise ValueError(f"no held-out image can be read (of {options.validation_dir or options.data_dir})")
+        self.set_aside = set_aside
         stream = ImageStream(
             source, RandomResizedCropTransform(size), seed=args.seed, set_aside=set_aside,
             max_images=args.max_train_samples,
@@ -228,8 +245,8 @@ class MaeRecipe(Recipe):
 
     def card_note(self, evaluation: Evaluation | None) -> str:
         options = self.recipe_args
-        held_out = options.validation_dir or f"the first {options.num_validation_images} images of the source"
+        held_out = options.validation_dir or f"the first {self.set_aside} images of the source"
         return f"Held out: {held_out}. Pretrained on {data_folder_name(options.data_dir)}."
 
 
-__all__ = ["FixedMaskDataset", "MaeArguments", "MaeRecipe", "per_image_loss", "reconstruction_figure"]
+__all__ = ["FixedMaskDataset", "MaeArguments", "MaeRecipe", "held_out_count", "per_image_loss", "reconstruction_figure"]
