@@ -38,6 +38,8 @@ setup(
         "pyyaml>=6.0",
         # one writer per output: an advisory lock the kernel frees when its holder dies (also a datasets dependency)
         "filelock>=3.12",
+        # the tracker's assignment (Hungarian method) and the head pose's least-squares fit
+        "scipy>=1.10",
         "tqdm>=4.60",
         # StatefulDataLoader: the exact position of a streamed dataset across DataLoader workers (pure Python).
         "torchdata>=0.10",

@@ -30,7 +30,7 @@ def analyse_image(analyzer: FaceAffectAnalyzer, image: np.ndarray) -> tuple[PIL.
     import pandas as pd
 
     pixels = np.ascontiguousarray(image[..., :3])
-    [faces] = analyzer.analyze_images([torch.from_numpy(pixels).permute(2, 0, 1)])
+    [faces] = analyzer.analyze_images([torch.from_numpy(pixels).permute(2, 0, 1)], video=[False])
     rows = frame_rows("<image 0>", 0, None, faces) if faces else []
     annotated = draw_faces(PIL.Image.fromarray(pixels), faces)
     return annotated, rows, faces_figure(pd.DataFrame(rows, columns=["face_id"] if not rows else None))
@@ -109,8 +109,8 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
         if hasattr(config, "au_names"):
             answers = ["valence/arousal", *answers, f"{len(config.au_names)} action units"]
         gr.Markdown(
-            f"# {title}\n{', '.join(answers)} for every face. Faces are found by BlazeFace and aligned like ABAW's "
-            "crops."
+            f"# {title}\n{', '.join(answers)} for every face. Faces are found (MTCNN in pictures, BlazeFace in videos) "
+            "and aligned like ABAW's crops."
         )
         with gr.Tab("Image or webcam"):
             with gr.Row():

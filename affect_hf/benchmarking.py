@@ -291,18 +291,19 @@ def benchmark_training(
 
 def benchmark_end_to_end(model, device: torch.device, args, inference_flops: float, peak: dict) -> list[dict]:
     """`affect-hf predict`'s own code (decode + detect + align + model, rows to Parquet) on a generated video of two
-    moving faces and on one 4x longer, then the detector alone and the model alone on the short video's frames and
-    faces: how much of the model's rate survives end to end, and whether memory stays flat with video length."""
+    moving faces and on one 4x longer, then detection + alignment alone and the model alone on the short video's
+    frames and faces, and detection on 1920 x 1080 frames: how much of the model's rate survives end to end, what
+    share of it detection takes, and whether memory stays flat with video length."""
     import tempfile
 
     from skimage.data import astronaut  # the real face photo the video is made of (a dev dependency)
 
     from .data.synthetic_video import write_face_video
-    from .faces import BlazeFaceDetector, align_faces
+    from .faces import AutoDetector, align_faces
     from .inference import FaceAffectAnalyzer, predict
 
     face = astronaut()[40:300, 110:350]
-    detector = BlazeFaceDetector(device)
+    detector = AutoDetector(device)  # predict's default: BlazeFace with O-Net's points on video frames
     analyzer = FaceAffectAnalyzer(model, detector, batch_size=2 * args.video_batch_size)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -326,20 +327,10 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
             })  # fmt: skip
             print(f"  done: {rows[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
 
-        import av
-
-        with av.open(str(short)) as container:
-            images = [
-                torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in container.decode(video=0)
-            ]
-        batches = [images[i : i + args.video_batch_size] for i in range(0, len(images), args.video_batch_size)]
-        detections = [d for batch in batches for d in detector(batch)]
-        tick = time.perf_counter()
-        for batch in batches:
-            detector(batch)
-        detector_seconds = time.perf_counter() - tick
+        images = decoded_frames(short)
+        detect_seconds, detections = time_detection(analyzer, images, args.video_batch_size)
         crops = torch.cat([
-            align_faces(image.to(device), faces.landmarks, model.config.image_size)
+            align_faces(image.to(device), faces.landmarks, model.config.image_size, faces.keypoint_names)
             for image, faces in zip(images, detections, strict=True)
         ])  # fmt: skip
         pixel_values = analyzer.normalise(crops)
@@ -350,17 +341,74 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
                 model(pixel_values[start : start + faces_per_batch])
         synchronize(device)
         model_seconds = time.perf_counter() - tick
+        full_hd = write_face_video(folder / "1080p.mp4", face, num_frames=min(args.video_frames, 24), fps=25,
+                                   size=(1920, 1080), face_height=600)  # fmt: skip
+        large = decoded_frames(full_hd)
+        large_seconds, _ = time_detection(analyzer, large, args.video_batch_size)
     model_rate = len(images) / model_seconds
-    rows.append({"phase": "detector alone (same frames)", "frames": len(images), "faces": len(crops),
-                 "frames_per_s": len(images) / detector_seconds})  # fmt: skip
+    detection_rate = len(images) / detect_seconds
+    rows.append({"phase": "detect + align alone (same frames)", "frames": len(images), "faces": len(crops),
+                 "frames_per_s": detection_rate,
+                 "share_of_end_to_end": rows[0]["frames_per_s"] / detection_rate})  # fmt: skip
+    rows.append({"phase": "detect + align alone, 1920x1080", "frames": len(large), "faces": 2 * len(large),
+                 "frames_per_s": len(large) / large_seconds})  # fmt: skip
     rows.append({"phase": "model alone (same faces)", "frames": len(images), "faces": len(crops),
                  "frames_per_s": model_rate})  # fmt: skip
     for row in rows:
         row["fraction_of_model_rate"] = row["frames_per_s"] / model_rate
         faces_per_s = row["frames_per_s"] * row["faces"] / max(row["frames"], 1)
-        if row["phase"] != "detector alone (same frames)":
+        if not row["phase"].startswith("detect"):
             row["model_fraction_of_fp32_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
     return rows
+
+
+def decoded_frames(path: Path) -> list[torch.Tensor]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [
+            torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1) for frame in container.decode(video=0)
+        ]
+
+
+def time_detection(analyzer, images: list[torch.Tensor], batch_size: int) -> tuple[float, list]:
+    """Seconds to detect and align the faces of video frames as `predict` does (its detector, batched), after a
+    warm-up; and the detections."""
+    from .faces import align_faces
+
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    analyzer.detector(batches[0], video=[True] * len(batches[0]))
+    detections = []
+    tick = time.perf_counter()
+    for batch in batches:
+        found = analyzer.detector(batch, video=[True] * len(batch))
+        for image, faces in zip(batch, found, strict=True):
+            align_faces(image.to(analyzer.device), faces.landmarks, analyzer.image_size, faces.keypoint_names)
+        detections += found
+    synchronize(analyzer.device)
+    return time.perf_counter() - tick, detections
+
+
+def benchmark_crowd(device: torch.device) -> dict:
+    """Faces found on the tests' crowd picture (20 real faces, 32-300 px wide, on 2000 x 1400), per backend."""
+    from .data.scenes import crowd
+    from .faces import DETECTORS
+
+    scene, pasted = crowd()
+    results = {}
+    for name in ("mtcnn", "blazeface"):
+        detector = DETECTORS[name](device)
+        detector([scene])
+        tick = time.perf_counter()
+        [found] = detector([scene])
+        seconds = time.perf_counter() - tick
+        centres = found.landmarks.mean(1) if len(found) else torch.zeros(0, 2)
+        hits = [int(((centres - torch.tensor(face.centre)).norm(dim=1) < face.width / 2).sum()) for face in pasted]
+        results[name] = {"faces": len(pasted), "found_once": sum(hit == 1 for hit in hits),
+                         "found_twice_or_more": sum(hit > 1 for hit in hits), "detections": len(found),
+                         "seconds": seconds}  # fmt: skip
+        print(f"  done: crowd, {name}: {results[name]['found_once']} of {len(pasted)} faces", file=sys.stderr)
+    return results
 
 
 BACKENDS = ("torch", "compile", "onnx", "onnx-int8")
@@ -523,10 +571,11 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit("--backends compares EMMA's inference: use --recipe emma")
         report["backends"] = benchmark_backends(model, recipe, device, args, inference_flops, report)
 
-    report["end_to_end"] = []
+    report["end_to_end"], report["crowd"] = [], {}
     if args.recipe == "emma" and args.video_frames:
         peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, sizes, args.matmul_time)
         report["end_to_end"] = benchmark_end_to_end(model, device, args, inference_flops, peak)
+        report["crowd"] = benchmark_crowd(device)
 
     mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
     for mask_ratio in mask_ratios:
@@ -660,6 +709,15 @@ def format_report(report: dict) -> str:
                 f"{r['phase']:<32} {r['frames']:>6} {r['faces']:>6} {r['frames_per_s']:>9.2f} "
                 f"{100 * r['fraction_of_model_rate']:>8.1f}% {peak_share:>7} {memory:>8}"
             )
+    share = next((r["share_of_end_to_end"] for r in report["end_to_end"] if "share_of_end_to_end" in r), None)
+    if share is not None:
+        lines.append(f"detection + alignment: {100 * share:.1f}% of the end-to-end time of the short video")
+    for name, found in report["crowd"].items():
+        lines.append(
+            f"crowd picture, {name}: {found['found_once']} of {found['faces']} faces found once "
+            f"({found['found_twice_or_more']} twice or more, {found['detections']} detections) in "
+            f"{found['seconds']:.2f} s"
+        )
     lines += [f"note: {note}" for note in report["notes"]]
     lines.append(
         f"memory: {report['results'][0]['memory_source']}; total run {report['total_seconds']:.0f} s; load average "

@@ -18,10 +18,11 @@ from pathlib import Path
 from .files import write_text_atomically
 
 
-# What a user can cause and mend: bad paths and files (OSError), bad values and models of the wrong kind
-# (ValueError), a missing optional package (an ImportError from outside this package, see `is_user_error`).
-# Anything else is a bug and keeps its traceback.
-USER_ERRORS = (OSError, ValueError, ImportError)
+# What a user can cause and mend: bad paths and files (OSError, also a damaged training state), bad values and
+# models of the wrong kind (ValueError), a training loss gone to NaN (FloatingPointError: lower the rate), a missing
+# optional package (an ImportError from outside this package, see `is_user_error`). Anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (OSError, ValueError, FloatingPointError, ImportError)
 DEMO_SCORES = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
 SYNTHETIC_KINDS = ("mtl", "tracks", "lsd", "affectnet", "faces")
 TRACKS = ("mtl", "lsd", "va", "expr", "au")
@@ -183,6 +184,20 @@ def model_arguments(
     )  # fmt: skip
 
 
+def face_arguments(parser: argparse.ArgumentParser) -> None:
+    """How every command that finds faces finds them (`affect_hf.faces`)."""
+    from .faces import DETECTORS
+
+    parser.add_argument(
+        "--detector", default="auto", choices=sorted(DETECTORS),
+        help="auto: MTCNN for pictures (small, turned, crowded faces), BlazeFace for video frames (fast)",
+    )  # fmt: skip
+    parser.add_argument("--max_faces", type=int, default=None, help="at most N faces per frame (the most certain)")
+    parser.add_argument(
+        "--min_face_score", type=float, default=None, help="the detector's score threshold, in [0, 1] (its default)"
+    )
+
+
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
     from .data.pictures import MAX_PIXELS
 
@@ -191,13 +206,12 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="the table: FILE.csv, or a Parquet folder (FOLDER.parquet)")
     parser.add_argument("--batch_size", type=int, default=16, help="frames per batch to the detector and model")
     parser.add_argument("--every_n_frames", type=int, default=1, help="analyse one video frame in N")
-    parser.add_argument("--max_faces", type=int, default=None, help="at most N faces per frame (the most certain)")
-    parser.add_argument("--min_face_score", type=float, default=0.5, help="the detector's score threshold, in [0, 1]")
+    face_arguments(parser)
     parser.add_argument(
         "--smoothing", type=float, default=0.0, metavar="SECONDS",
         help="time constant of an exponential moving average of each face's outputs (0: off)",
     )  # fmt: skip
-    parser.add_argument("--max_gap", type=float, default=1.0, help="seconds a lost face keeps its id")
+    parser.add_argument("--max_gap", type=float, default=2.0, help="seconds a lost face keeps its id")
     parser.add_argument("--max_seconds", type=float, default=None, help="analyse only each video's first N seconds")
     parser.add_argument(
         "--max_pixels", type=int, default=MAX_PIXELS,
@@ -225,6 +239,7 @@ def predict_command(args: argparse.Namespace) -> None:
     summary = predict(
         args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
         every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
+        detector=args.detector,
         smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
         backend=args.backend, max_seconds=args.max_seconds, max_pixels=args.max_pixels, resume=args.resume,
         overwrite=args.overwrite,
@@ -263,6 +278,7 @@ def predict_command(args: argparse.Namespace) -> None:
 
 def app_arguments(parser: argparse.ArgumentParser) -> None:
     model_arguments(parser)
+    face_arguments(parser)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--max_video_seconds", type=float, default=30.0, help="longer videos are cut there")
     parser.add_argument("--share", action="store_true", help="a public gradio.live link")
@@ -272,7 +288,8 @@ def app(args: argparse.Namespace) -> None:
     from .app import launch_app
 
     launch_app(args.model, port=args.port, device=args.device, max_video_seconds=args.max_video_seconds,
-               share=args.share, backend=args.backend)  # fmt: skip
+               share=args.share, backend=args.backend, detector=args.detector, max_faces=args.max_faces,
+               min_face_score=args.min_face_score)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy._core.multiarray as _multiarray
 import torch
 from transformers import PreTrainedModel, ViTMAEConfig, ViTMAEForPreTraining
 
@@ -60,12 +59,82 @@ ATTENTION_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
 MAE_DECODER_HEADS = 16
 # timm's and MAE's LayerNorm epsilon (transformers' ViTMAEConfig defaults to 1e-12).
 TIMM_LAYER_NORM_EPS = 1e-6
-# numpy data that the authors' pickles hold (accuracies, F1 arrays): allowed as data, never code. Files written
-# with numpy 1 name its multiarray module `numpy.core`, with numpy 2 `numpy._core`.
-_SAFE_NUMPY_GLOBALS = [np.dtype, np.ndarray, _multiarray.scalar, _multiarray._reconstruct]
-_SAFE_NUMPY_GLOBALS += [(_multiarray.scalar, "numpy.core.multiarray.scalar")]
-_SAFE_NUMPY_GLOBALS += [(_multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
-_SAFE_NUMPY_GLOBALS += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+# numpy data that the authors' pickles hold (accuracies, F1 arrays) is read as data, never code. numpy's own
+# unpickling would trust the pickle's dtype description (a forged one makes an array of object pointers from raw
+# bytes), so stand-ins rebuild arrays and scalars of plain number types only, from their raw bytes.
+_NUMBER_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
+
+
+class _DtypeStandIn:
+    """A numpy dtype as a pickle describes it (`numpy.dtype(name, align, copy)`, then its state)."""
+
+    def __init__(self, name: str, *args):
+        self.name, self.state = str(name), None
+
+    def __setstate__(self, state: tuple) -> None:
+        self.state = state
+
+    def build(self) -> np.dtype:
+        dtype = np.dtype(self.name) if self.name[:1] in "<>=|" or self.name.isalnum() else None
+        if dtype is None or dtype.kind not in _NUMBER_KINDS:
+            raise NeedsCodeError(f"numpy data of type {self.name!r} (only numbers are read)")
+        if self.state is not None:
+            if len(self.state) < 5 or any(part is not None for part in self.state[2:5]):  # subarrays, fields
+                raise NeedsCodeError(f"a structured numpy type {self.name!r} (only numbers are read)")
+            if self.state[1] in "<>":
+                dtype = dtype.newbyteorder(self.state[1])
+        return dtype
+
+
+class _ArrayStandIn:
+    """A numpy array being unpickled (`_reconstruct(ndarray, ...)`, then its state): rebuilt from raw bytes."""
+
+    def __init__(self, *args):
+        self.array = None
+
+    def __setstate__(self, state: tuple) -> None:
+        _, shape, dtype, fortran, raw = state[-5:] if len(state) >= 5 else (None, *state)
+        if not isinstance(dtype, _DtypeStandIn) or not isinstance(raw, (bytes, bytearray)):
+            raise NeedsCodeError("numpy data that is not an array of numbers")
+        array = np.frombuffer(raw, dtype=dtype.build())
+        self.array = array.reshape(tuple(shape), order="F" if fortran else "C").copy()
+
+
+def _array_stand_in(kind, shape, typecode) -> _ArrayStandIn:
+    return _ArrayStandIn()
+
+
+def _scalar_stand_in(dtype: _DtypeStandIn, data: bytes = b"") -> Any:
+    if not isinstance(dtype, _DtypeStandIn) or not isinstance(data, (bytes, bytearray)):
+        raise NeedsCodeError("numpy data that is not a number")
+    return np.frombuffer(data, dtype=dtype.build())[0].copy()
+
+
+# What a pickle may name for numpy data, each mapped onto its stand-in. Files written with numpy 1 name the
+# multiarray module `numpy.core`, with numpy 2 `numpy._core`; numpy 2 may name a dtype by its class.
+_NUMPY_STAND_INS = {
+    "numpy.dtype": _DtypeStandIn,
+    "numpy.ndarray": _ArrayStandIn,
+    **{f"numpy.dtypes.{type(np.dtype(name)).__name__}": _DtypeStandIn
+       for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                    "float32", "float64", "complex64", "complex128")},
+    **{f"{module}.{name}": stand_in for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name, stand_in in (("_reconstruct", _array_stand_in), ("scalar", _scalar_stand_in))},
+}  # fmt: skip
+_SAFE_NUMPY_GLOBALS = [_DtypeStandIn, _ArrayStandIn, *((stand_in, name) for name, stand_in in _NUMPY_STAND_INS.items())]
+
+
+def _with_arrays(value: Any) -> Any:
+    """The loaded data with every stand-in replaced by the numpy value it holds."""
+    if isinstance(value, _ArrayStandIn):
+        return value.array
+    if isinstance(value, _DtypeStandIn):
+        return value.build()
+    if isinstance(value, dict):
+        return type(value)((key, _with_arrays(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_arrays(item) for item in value)
+    return value
 
 
 class CheckpointError(ValueError):
@@ -104,14 +173,16 @@ class _DataOnlyUnpickler(pickle.Unpickler):
     `torch.load(weights_only=True)`. Any other name refuses the file (`NeedsCodeError`)."""
 
     DATA = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-            ("torch._utils", "_rebuild_parameter"), ("numpy", "ndarray"), ("numpy", "dtype"),
-            *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-              for name in ("_reconstruct", "scalar"))}  # fmt: skip
+            ("torch._utils", "_rebuild_parameter")}  # fmt: skip
 
     def find_class(self, module: str, name: str):
+        if "." in name:  # a dotted name walks attributes: anything can be reached that way
+            raise NeedsCodeError(f"{module}.{name}")
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if (module, name) in self.DATA or module == "numpy.dtypes":
+        if f"{module}.{name}" in _NUMPY_STAND_INS:
+            return _NUMPY_STAND_INS[f"{module}.{name}"]
+        if (module, name) in self.DATA:
             return super().find_class(module, name)
         raise NeedsCodeError(f"{module}.{name}")
 
@@ -137,9 +208,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     try:
         if head[:1] == b"\x80" and head[1:2] in (b"\x04", b"\x05"):  # pickle protocol 4-5: `pickle.dump`
             with open(path, "rb") as handle:
-                return _DataOnlyUnpickler(handle).load()
+                return _with_arrays(_DataOnlyUnpickler(handle).load())
         with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _with_arrays(torch.load(path, map_location="cpu", weights_only=True))
     except NeedsCodeError as error:
         raise CheckpointError(
             f"{path} needs code to load ({error}): refused, never run. {_NEEDS_CODE_ADVICE}"

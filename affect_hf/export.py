@@ -37,7 +37,7 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits")
+MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits", "pooler_output")
 QUANTIZATION_MODES = ("dynamic", "static")
 OPSET = 18
 # int8 runs the matrix products (the linear layers: 85% of EMMA's FLOPs); convolutions (12%) stay fp32: ONNX
@@ -64,7 +64,8 @@ class _OutputsAsTuple(nn.Module):
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
-    """The outputs a model gives at inference (EMMA: all three; CoTEX and DAN: the logits)."""
+    """The outputs a model gives at inference (EMMA: its three answers; CoTEX and DAN: the logits), and the pooled
+    feature where it has one (a face's appearance, which the tracker reads)."""
     size = model.config.image_size
     with torch.inference_mode():
         outputs = model(pixel_values=torch.zeros(1, 3, size, size, device=model.device))

@@ -3,6 +3,7 @@ one, never half of one), modes that follow the umask, one writer per output (a l
 """
 
 import hashlib
+import inspect
 import logging
 import os
 import shutil
@@ -162,7 +163,10 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         from filelock import FileLock, Timeout
 
-        lock = FileLock(self.path, timeout=0, fallback_to_soft=False)
+        # A lock that the kernel frees when its holder dies (filelock >= 4 would otherwise fall back to a lock file's
+        # mere existence where the filesystem has no locks, which a killed run leaves behind).
+        strict = {"fallback_to_soft": False} if "fallback_to_soft" in inspect.signature(FileLock).parameters else {}
+        lock = FileLock(self.path, timeout=0, **strict)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire()

@@ -210,7 +210,7 @@ class OnnxAffectModel:
         self.names = tuple(output.name for output in self.session.get_outputs())
         if list(self.names) != record["outputs"]:
             raise OnnxExportError(f"{path} returns {self.names}, the record says {record['outputs']}")
-        self.folder, self.record = folder, record
+        self.folder, self.record, self.file_name = folder, record, file_name
 
     def eval(self) -> "OnnxAffectModel":
         return self

@@ -30,6 +30,7 @@ class CotexOutput(ModelOutput):
     view_logits: B x views x classes.
     cross_entropy_loss: the views' mean cross-entropy over labelled samples (-1 marks an unlabelled one).
     js_loss: the generalised Jensen-Shannon divergence between the views' predicted distributions.
+    pooler_output: B x hidden, the mean of the views' pooled features.
     """
 
     loss: torch.FloatTensor | None = None
@@ -37,6 +38,7 @@ class CotexOutput(ModelOutput):
     view_logits: torch.FloatTensor | None = None
     cross_entropy_loss: torch.FloatTensor | None = None
     js_loss: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
 
 
 class CotexPreTrainedModel(PreTrainedModel):
@@ -117,10 +119,11 @@ class CotexForImageClassification(CotexPreTrainedModel):
         """
         if mask_ratio is None:
             mask_ratio = self.config.mask_ratio if self.training else 0.0
-        view_logits = []
+        view_logits, pooled = [], []
         for view, head in zip(self.views, self.heads, strict=True):
             features = view(pixel_values, mask_ratio=mask_ratio, interpolate_pos_encoding=interpolate_pos_encoding)
             view_logits.append(head(features.pooler_output))
+            pooled.append(features.pooler_output)
         stacked = torch.stack(view_logits, dim=1)
         loss = cross_entropy = js = None
         if labels is not None:
@@ -137,6 +140,7 @@ class CotexForImageClassification(CotexPreTrainedModel):
             view_logits=stacked,
             cross_entropy_loss=cross_entropy,
             js_loss=js,
+            pooler_output=torch.stack(pooled).mean(0),
         )
 
 

@@ -32,6 +32,8 @@ class EmmaOutput(ModelOutput):
     au_logits: B x 12 action-unit logits (apply a sigmoid, then `config.au_thresholds`).
     cnn_logits: B x 8 scores of the frozen CNN (AffectNet order), None without CNN.
     va_loss, expression_loss, au_loss: the unweighted task losses, for logging.
+    pooler_output: B x hidden, the ViT's pooled feature that the heads read (a face's appearance, for tracking, and
+        the input of models over time).
     """
 
     loss: torch.FloatTensor | None = None
@@ -44,6 +46,7 @@ class EmmaOutput(ModelOutput):
     au_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    pooler_output: torch.FloatTensor | None = None
 
 
 class EmmaPreTrainedModel(PreTrainedModel):
@@ -201,6 +204,7 @@ class EmmaForAffectAnalysis(EmmaPreTrainedModel):
             au_loss=au_loss,
             hidden_states=vit_outputs.hidden_states,
             attentions=vit_outputs.attentions,
+            pooler_output=vit_outputs.pooler_output,
         )
 
 

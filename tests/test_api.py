@@ -109,11 +109,12 @@ def test_the_columns_are_the_shared_contract(cli_table):
              "face_width", "sharpness", "yaw", "pitch", "roll", *landmarks,
              "valence", "arousal", "expression"]  # fmt: skip
     assert list(table.columns[: len(fixed)]) == fixed
-    # BlazeFace has no mouth corners: empty; its other points come last.
-    assert table[["mouth_right_x", "mouth_left_y", "yaw", "pitch", "roll", "sharpness"]].isna().all().all()
-    assert table["right_eye_x"].notna().all() and table["nose_tip_y"].notna().all()
+    # Every face has the five points and a pose; the video's faces (BlazeFace's) also its other points, last.
+    assert table[[*landmarks, "yaw", "pitch", "roll", "sharpness"]].notna().all().all()
     assert list(table.columns[-6:]) == [f"{name}_{axis}" for name in ("mouth_center", "right_ear_tragion",
                                                                       "left_ear_tragion") for axis in "xy"]  # fmt: skip
+    video = table["time"].notna()
+    assert table.loc[video, "mouth_center_x"].notna().all() and table.loc[~video, "mouth_center_x"].isna().all()
     np.testing.assert_allclose(table["face_width"], table["box_x2"] - table["box_x1"], rtol=1e-6)
     assert table["AU12"].isin([0, 1]).all() and table["AU12_probability"].between(0, 1).all()
 

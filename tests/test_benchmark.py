@@ -33,10 +33,20 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
     # End to end through `affect-hf predict` on a generated two-face video and one 4x longer, then its parts alone.
     end_to_end = {row["phase"]: row for row in report["end_to_end"]}
     assert list(end_to_end) == [
-        "end-to-end, short video", "end-to-end, 4x longer video", "detector alone (same frames)",
-        "model alone (same faces)",
+        "end-to-end, short video", "end-to-end, 4x longer video", "detect + align alone (same frames)",
+        "detect + align alone, 1920x1080", "model alone (same faces)",
     ]  # fmt: skip
-    assert [(row["frames"], row["faces"]) for row in report["end_to_end"]] == [(3, 6), (12, 24), (3, 6), (3, 6)]
+    frames_and_faces = [(row["frames"], row["faces"]) for row in report["end_to_end"]]
+    assert frames_and_faces == [(3, 6), (12, 24), (3, 6), (3, 6), (3, 6)]
+    detection = end_to_end["detect + align alone (same frames)"]
+    assert detection["share_of_end_to_end"] == pytest.approx(
+        end_to_end["end-to-end, short video"]["frames_per_s"] / detection["frames_per_s"]
+    )
+    assert detection["share_of_end_to_end"] > 0
+    # The crowd picture of the tests, per detector: MTCNN (the default for pictures) finds every face once.
+    assert set(report["crowd"]) == {"mtcnn", "blazeface"}
+    assert report["crowd"]["mtcnn"]["found_once"] == report["crowd"]["mtcnn"]["faces"] == 20
+    assert report["crowd"]["blazeface"]["found_once"] < 20
     model_rate = end_to_end["model alone (same faces)"]["frames_per_s"]
     for row in report["end_to_end"]:  # each row against the model alone on the same frames
         assert row["fraction_of_model_rate"] == pytest.approx(row["frames_per_s"] / model_rate)

@@ -1,4 +1,4 @@
-"""Faces: the shipped BlazeFace on a real photo, weighted NMS, alignment to the ABAW crop template, and
+"""Faces: the shipped BlazeFace and MTCNN on a real photo, weighted NMS, alignment to the ABAW crop template, and
 `affect_hf.pipeline` (detect -> align -> model) against the model run on the same crops."""
 
 import importlib.metadata
@@ -14,9 +14,12 @@ from transformers import AutoImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 
 import affect_hf
 from affect_hf.faces import (
+    ABAW_LANDMARKS,
     BLAZEFACE_WEIGHTS,
     FACE_TEMPLATE,
+    MTCNN_WEIGHTS,
     BlazeFaceDetector,
+    MtcnnDetector,
     align_faces,
     alignment_transforms,
     similarity_transforms,
@@ -34,9 +37,13 @@ PHOTO = astronaut()  # 512 x 512, one frontal face
 FACE_REGION = (160, 60, 290, 195)
 
 
+BLAZEFACE_POINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center")
+
+
 @pytest.fixture(scope="module")
 def detector() -> BlazeFaceDetector:
-    return BlazeFaceDetector()
+    """BlazeFace with its own six points (the default replaces its eyes and nose with O-Net's five points)."""
+    return BlazeFaceDetector(onet_points=False)
 
 
 def landmark(faces, name):
@@ -52,6 +59,12 @@ def test_shipped_weights_name_their_source_and_licence():
     [notice] = [file for file in importlib.metadata.distribution("affect-hf").files if file.name == "NOTICE"]
     text = notice.read_text()
     assert BLAZEFACE_WEIGHTS.name in text and "MediaPipe Authors" in text and "Apache License, Version 2.0" in text
+    with safe_open(MTCNN_WEIGHTS, "pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["license"] == "MIT" and all(
+        len(metadata[f"{net}_sha256"]) == 64 for net in ("pnet", "rnet", "onet")
+    )
+    assert MTCNN_WEIGHTS.name in text and "Kaipeng Zhang" in text and "MIT License" in text
 
 
 def test_detector_finds_the_face_of_a_real_photo_with_its_landmarks(detector):
@@ -131,10 +144,10 @@ def test_similarity_fit_recovers_a_known_transform():
 def test_aligned_crop_puts_the_landmarks_on_the_abaw_template(detector):
     [faces] = detector([PHOTO])
     for size in (112, 224):
-        matrix = alignment_transforms(faces.landmarks, size)[0].float()
+        matrix = alignment_transforms(faces.landmarks, size, faces.keypoint_names)[0].float()
         points = faces.landmarks[0, :4] @ matrix[:2, :2].T + matrix[:2, 2]
         # Four points, four degrees of freedom fitted: within a few percent of the crop.
-        torch.testing.assert_close(points, template_points(size), atol=0.03 * size, rtol=0)
+        torch.testing.assert_close(points, template_points(size, BLAZEFACE_POINTS), atol=0.03 * size, rtol=0)
         eyes = points[1] - points[0]
         assert abs(math.degrees(math.atan2(eyes[1], eyes[0]))) < 3  # eye line level
         # Inter-ocular distance near the template's (BlazeFace's eyes sit a little wider than the template's).
@@ -145,18 +158,16 @@ def test_alignment_warps_the_right_way_round():
     """Dots painted where a known similarity puts the template's points land on the template in the crop."""
     size, angle, scale, shift = 64, math.radians(-30), 2.5, torch.tensor([70.0, 40.0])
     rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    template = template_points(size)
+    template = template_points(size, ABAW_LANDMARKS)
     in_image = template @ (scale * rotation).T + shift  # crop -> image
     image = torch.zeros(3, 240, 260, dtype=torch.uint8)
     for x, y in in_image.tolist():
         image[:, int(y) - 3 : int(y) + 4, int(x) - 3 : int(x) + 4] = 255
-    landmarks = torch.zeros(1, 6, 2)
-    landmarks[0, :4] = in_image
-    [crop] = align_faces(image, landmarks, size)
+    [crop] = align_faces(image, in_image[None], size, ABAW_LANDMARKS)
     for x, y in template.tolist():
         assert crop[0, int(y), int(x)] > 200, (x, y)
     assert crop[0].mean() < 40  # the rest stays dark
-    assert set(FACE_TEMPLATE) == {"right_eye", "left_eye", "nose_tip", "mouth_center"}
+    assert set(FACE_TEMPLATE) == {*ABAW_LANDMARKS, "mouth_center"}
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +184,14 @@ def test_pipeline_finds_aligns_and_scores_every_face(emma_folder):
     assert [len(faces) for faces in results] == [1, 2, 0]
     face = results[0][0]
     assert set(face) == {"box", "score", "landmarks", "face_id", "valence", "arousal", "expression",
-                         "expression_scores", "au_probabilities", "au_active"}  # fmt: skip
+                         "expression_scores", "au_probabilities", "au_active", "yaw", "pitch", "roll",
+                         "sharpness"}  # fmt: skip
     assert [face["face_id"] for face in results[1]] == [0, 1]  # a picture's faces by rank
-    assert set(face["landmarks"]) == set(BlazeFaceDetector.keypoint_names)
+    assert set(face["landmarks"]) == set(ABAW_LANDMARKS)  # pictures go to MTCNN
     # The same face through the saved image processor and the model, computed here.
-    [faces] = BlazeFaceDetector()([PHOTO])
-    crop = align_faces(torch.from_numpy(PHOTO).permute(2, 0, 1), faces.landmarks, model.config.image_size)[0]
+    [faces] = MtcnnDetector()([PHOTO])
+    crop = align_faces(torch.from_numpy(PHOTO).permute(2, 0, 1), faces.landmarks, model.config.image_size,
+                       faces.keypoint_names)[0]  # fmt: skip
     processor = AutoImageProcessor.from_pretrained(folder)
     pixels = processor(images=crop.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(), return_tensors="pt")
     with torch.no_grad():

@@ -125,7 +125,7 @@ def test_an_output_is_replaced_only_when_asked_and_a_foreign_folder_never(emma_f
         main([*arguments, str(tmp_path / "t.csv")])
     main([*arguments, str(tmp_path / "t.csv"), "--overwrite"])
     assert len(read_table(tmp_path / "t.csv")) == 1
-    with pytest.raises(ValueError, match="min_face_score changed"):  # a resume must be the same run
+    with pytest.raises(ValueError, match=r"\(detector changed\)"):  # a resume must be the same run
         affect_hf.inference.predict(photo, emma_folder, tmp_path / "t.csv", device="cpu", resume=True,
                                     min_face_score=0.7, progress=False)  # fmt: skip
     holiday = tmp_path / "holiday"
@@ -163,6 +163,19 @@ def test_the_writer_keeps_the_finished_inputs_rows_after_a_crash(tmp_path, name)
     assert list(table["source"]) == ["a"] * 5 + ["b"] * 6 and list(table["frame"]) == [*range(5), *range(6)]
     with pytest.raises(ValueError, match="run changed"):
         TableWriter(tmp_path / name, schema, {"run": 2}, resume=True)
+    # A table shorter than its record (a record that outlived its rows) is not resumed from.
+    if name.endswith(".csv"):
+        (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:40])
+    else:
+        (tmp_path / name / "part-000000.parquet").unlink()
+    with pytest.raises(ValueError, match="does not match its progress record"):
+        TableWriter(tmp_path / name, schema, {"run": 1}, resume=True)
+    # A run that reads nothing removes only its own files.
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    (folder / ".gitkeep").write_text("")
+    TableWriter(folder, schema).discard()
+    assert [path.name for path in folder.iterdir()] == [".gitkeep"]
 
 
 def test_the_lock_names_its_holder_and_is_free_after_release(tmp_path):
@@ -324,22 +337,29 @@ def test_a_damaged_model_a_float_picture_a_cut_video_and_linked_folders(emma_fol
     assert [path.relative_to(photos).as_posix() for path in walk_files(photos)] == ["linked/face.jpg"]
 
 
-def test_a_full_disk_is_named_and_leaves_no_half_row(emma_folder, inputs, tmp_path):
+@pytest.mark.parametrize("name", ["full.csv", "full.parquet"])
+def test_a_full_disk_is_named_loses_no_finished_row_and_resumes(emma_folder, inputs, tmp_path, name):
     """The probe's "[Errno 27] File too large": a file-size limit on the process stands in for a full disk."""
+    output = tmp_path / name
     script = (
         "import resource, signal\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))\n"
         "from affect_hf.cli import main\n"
-        f"main(['predict', {str(inputs[1])!r}, '--model', {str(emma_folder)!r}, '--output', "
-        f"{str(tmp_path / 'full.csv')!r}, '--device', 'cpu', '--batch_size', '4'])\n"
+        f"main(['predict', {str(inputs[0])!r}, {str(inputs[1])!r}, '--model', {str(emma_folder)!r}, '--output', "
+        f"{str(output)!r}, '--device', 'cpu', '--batch_size', '4'])\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     message = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 1 and message.startswith(f"affect-hf predict: error: {tmp_path / 'full.csv'}: ")
+    assert result.returncode == 1 and message.startswith(f"affect-hf predict: error: {output}: cannot write")
     assert "File too large" in message and "Traceback" not in result.stderr
-    data = (tmp_path / "full.csv").read_bytes()
-    assert data.endswith(b"\r\n") and 0 < len(read_table(tmp_path / "full.csv")) < 2 * 160  # whole rows only
+    partial = read_table(output)
+    assert len(partial) < 1 + 2 * 160 and read_progress(output)["rows"] <= len(partial)  # none counted unwritten
+    if name.endswith(".csv"):
+        assert output.read_bytes().endswith(b"\r\n")  # whole rows only
+    main(["predict", str(inputs[0]), str(inputs[1]), "--model", str(emma_folder), "--output", str(output),
+          "--device", "cpu", "--resume"])  # fmt: skip
+    assert len(read_table(output)) == 1 + 2 * 160 and read_progress(output)["complete"]
 
 
 def test_convert_reads_a_plain_pickle_and_tells_code_from_junk(tmp_path, capsys):
@@ -361,10 +381,35 @@ def test_convert_reads_a_plain_pickle_and_tells_code_from_junk(tmp_path, capsys)
     with open(tmp_path / "hostile.pkl", "wb") as handle:
         pickle.dump({"model_state_dict": {}, "x": Payload()}, handle)
     (tmp_path / "notes.pth").write_text("not a checkpoint")
+
+    def short(text: str) -> bytes:
+        return b"\x8c" + bytes([len(text)]) + text.encode()
+
+    # A dotted name walks attributes from an allowed module to `eval`: refused by its name, never followed.
+    walk = (b"\x80\x04" + short("numpy.dtypes") + short("_add_dtype_helper.__builtins__.get") + b"\x93"
+            + short("eval") + b"\x85R" + short(f"open({str(tmp_path / 'ran')!r}, 'w')") + b"\x85R.")  # fmt: skip
+    (tmp_path / "walk.pkl").write_bytes(walk)
+    import numpy
+
+    with open(tmp_path / "objects.pkl", "wb") as handle:  # numpy data that is not numbers: object pointers
+        pickle.dump({"x": numpy.array([object()], dtype=object)}, handle)
     for name, expected in (("hostile.pkl", "needs code to load (posix.system): refused, never run"),
+                           ("walk.pkl", "needs code to load (numpy.dtypes._add_dtype_helper"),
+                           ("objects.pkl", "needs code to load (builtins.object)"),
                            ("notes.pth", "is not a checkpoint")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["convert", str(tmp_path / name), str(tmp_path / "out")])
         err = capsys.readouterr().err
         assert expected in err and "weights_only=False" not in err and "weights_only` set to `False" not in err
     assert not (tmp_path / "ran").exists()
+    # Numbers in numpy arrays and scalars (the authors' files hold some) are read, in either kind of file.
+    from affect_hf.convert import load_checkpoint
+
+    data = {"f1": numpy.array([[0.5, 0.25]], dtype=">f4"), "accuracy": numpy.float64(0.75)}
+    torch.save(data, tmp_path / "scores.pth")
+    with open(tmp_path / "scores.pkl", "wb") as handle:
+        pickle.dump(data, handle)
+    for name in ("scores.pth", "scores.pkl"):
+        loaded = load_checkpoint(tmp_path / name)
+        assert loaded["f1"].dtype == numpy.dtype(">f4") and loaded["f1"].tolist() == [[0.5, 0.25]]
+        assert loaded["accuracy"] == 0.75

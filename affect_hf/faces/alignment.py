@@ -1,8 +1,9 @@
 """Face alignment as ABAW made its `cropped_aligned` images: a similarity transform of the eye, nose and mouth
 points onto the 112 x 112 five-point template, scaled to the model's input size.
 
-The template is the one RetinaFace/ArcFace-style 112 x 112 face crops use (eye centres, nose tip, mouth corners);
-BlazeFace gives the mouth's centre, so the corners' midpoint stands in for them. Ears are left out of the fit: they
+The template is the one RetinaFace/ArcFace-style 112 x 112 face crops use (eye centres, nose tip, mouth corners).
+Every default detector gives those five points (MTCNN's O-Net places them); for a detector that gives only the
+mouth's centre, the corners' midpoint stands in for them. Ears are left out of the fit: they
 are hidden in profile views and would pull the crop off the face.
 """
 
@@ -20,10 +21,9 @@ FACE_TEMPLATE = {
     "right_eye": (38.2946, 51.6963),
     "left_eye": (73.5318, 51.5014),
     "nose_tip": (56.0252, 71.7366),
-    "mouth_center": (
-        56.1396,
-        92.2848,
-    ),  # midpoint of the template's mouth corners (41.5493, 92.3655), (70.7299, 92.2041)
+    "mouth_right": (41.5493, 92.3655),
+    "mouth_left": (70.7299, 92.2041),
+    "mouth_center": (56.1396, 92.2848),  # the corners' midpoint: for a detector without the corners
 }
 
 
@@ -59,6 +59,8 @@ def alignment_transforms(
 ) -> torch.Tensor:
     """N x 3 x 3 maps from image pixels to a `size` x `size` aligned crop, fitted on the template's points."""
     names = tuple(name for name in FACE_TEMPLATE if name in keypoint_names)
+    if {"mouth_right", "mouth_left"} <= set(names):  # the true corners: their midpoint adds nothing
+        names = tuple(name for name in names if name != "mouth_center")
     if len(names) < 2:
         raise ValueError(f"alignment needs at least two of {tuple(FACE_TEMPLATE)}; the detector gives {keypoint_names}")
     indices = [keypoint_names.index(name) for name in names]

@@ -1,5 +1,6 @@
 """Face detection: a small interface (images -> boxes, scores, landmarks) and its offline default, BlazeFace."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
+from . import mtcnn
 from .blazeface import INPUT_SIZE, KEYPOINT_NAMES, BlazeFace, anchor_centers, decode
 
 
 BLAZEFACE_WEIGHTS = Path(__file__).with_name("blazeface_short_range.safetensors")
+MTCNN_WEIGHTS = Path(__file__).with_name("mtcnn.safetensors")
 
 ImageInput = np.ndarray | Image.Image | torch.Tensor
 
@@ -33,11 +36,15 @@ class FaceDetections:
 
 
 class FaceDetector(Protocol):
-    """What the pipeline and `affect-hf predict` need of a detector; any backend with this call fits."""
+    """What the pipeline and `affect-hf predict` need of a detector; any backend with this call fits.
+
+    `video` says, per image, whether it is a video frame (where speed matters) or a picture; a detector may ignore
+    it. `keypoint_names` names every point any of its detections can carry.
+    """
 
     keypoint_names: tuple[str, ...]
 
-    def __call__(self, images: Sequence[ImageInput]) -> list[FaceDetections]: ...
+    def __call__(self, images: Sequence[ImageInput], video: Sequence[bool] | None = None) -> list[FaceDetections]: ...
 
 
 def as_image_tensor(image: ImageInput) -> torch.Tensor:
@@ -91,15 +98,20 @@ def box_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return intersection / (area_first[:, None] + area_second[None, :] - intersection).clamp(min=1e-9)
 
 
+# BlazeFace's points beyond ABAW's five, kept when O-Net gives those.
+BLAZEFACE_EXTRA_POINTS = ("mouth_center", "right_ear_tragion", "left_ear_tragion")
+
+
 class BlazeFaceDetector:
     """MediaPipe's short-range BlazeFace, ported to torch; weights ship with the package (no download).
 
     Made for faces that fill a fair part of the picture (selfies, webcams, interviews, ABAW-style videos): each
     image is letterboxed to 128 x 128, so faces much smaller than about a tenth of the longer side are missed.
-    Runs batched on `device`, next to the affect model. Thresholds are MediaPipe's defaults.
+    Runs batched on `device`, next to the affect model. Thresholds are MediaPipe's defaults. With `onet_points`
+    (the default), MTCNN's O-Net places ABAW's five points (with the mouth corners, which BlazeFace lacks) in each
+    face's box, one small batched pass; BlazeFace's own eyes and nose give way to them, its mouth centre and ears
+    stay.
     """
-
-    keypoint_names = KEYPOINT_NAMES
 
     def __init__(
         self,
@@ -108,6 +120,7 @@ class BlazeFaceDetector:
         iou_threshold: float = 0.3,
         max_faces: int | None = None,
         weights: str | Path = BLAZEFACE_WEIGHTS,
+        onet_points: bool = True,
     ):
         self.device = torch.device(device)
         self.min_score, self.iou_threshold, self.max_faces = min_score, iou_threshold, max_faces
@@ -115,6 +128,12 @@ class BlazeFaceDetector:
         self.network.load_state_dict({name: tensor.float() for name, tensor in load_file(weights).items()})
         self.network.eval().to(self.device)
         self.anchors = anchor_centers().to(self.device)
+        self.onet = None
+        if onet_points:
+            cascade = mtcnn.Mtcnn()
+            cascade.load_state_dict({name: tensor.float() for name, tensor in load_file(MTCNN_WEIGHTS).items()})
+            self.onet = cascade.onet.eval().to(self.device)
+        self.keypoint_names = (*mtcnn.KEYPOINT_NAMES, *BLAZEFACE_EXTRA_POINTS) if onet_points else KEYPOINT_NAMES
 
     def letterbox(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images scaled to fit 128 x 128 and centred on black, in [-1, 1]; plus each one's (scale, pad x, pad y)."""
@@ -134,7 +153,7 @@ class BlazeFaceDetector:
         return batch, torch.tensor(placements, dtype=torch.float32, device=self.device)
 
     @torch.inference_mode()
-    def __call__(self, images: Sequence[ImageInput]) -> list[FaceDetections]:
+    def __call__(self, images: Sequence[ImageInput], video: Sequence[bool] | None = None) -> list[FaceDetections]:
         tensors = [as_image_tensor(image) for image in images]
         if not tensors:
             return []
@@ -155,14 +174,148 @@ class BlazeFaceDetector:
             pixel_boxes = ((image_boxes.reshape(-1, 2, 2) * INPUT_SIZE - offset) / scale).reshape(-1, 4).cpu()
             pixel_boxes = pixel_boxes.clamp(min=0).minimum(torch.tensor([width, height, width, height]))
             pixel_keypoints = ((image_keypoints * INPUT_SIZE - offset) / scale).cpu()
-            results.append(FaceDetections(pixel_boxes, image_scores.cpu(), pixel_keypoints))
+            results.append(FaceDetections(pixel_boxes, image_scores.cpu(), pixel_keypoints, KEYPOINT_NAMES))
+        return self.with_onet_points(tensors, results) if self.onet is not None else results
+
+    def with_onet_points(self, images: list[torch.Tensor], detections: list[FaceDetections]) -> list[FaceDetections]:
+        """ABAW's five points from O-Net on each face's square box, all faces of all images in one batch."""
+        crops = [
+            mtcnn.crop_boxes(image[None].to(self.device, torch.float32), mtcnn.squared(faces.boxes.to(self.device)),
+                             mtcnn.ONET_SIZE)
+            for image, faces in zip(images, detections, strict=True)
+        ]  # fmt: skip
+        crops = torch.cat(crops)
+        points = self.onet(mtcnn.normalise(crops))[2].cpu() if len(crops) else torch.zeros(0, 5, 2)
+        extras = [KEYPOINT_NAMES.index(name) for name in BLAZEFACE_EXTRA_POINTS]
+        refined, start = [], 0
+        for faces in detections:
+            boxes = mtcnn.squared(faces.boxes)
+            five = boxes[:, None, :2] + points[start : start + len(faces)] * (boxes[:, None, 2:] - boxes[:, None, :2])
+            landmarks = torch.cat([five, faces.landmarks[:, extras]], 1)
+            refined.append(FaceDetections(faces.boxes, faces.scores, landmarks, self.keypoint_names))
+            start += len(faces)
+        return refined
+
+
+class MtcnnDetector:
+    """MTCNN (`faces.mtcnn`): an image pyramid for small faces, two refining stages, and the five points of ABAW's
+    template (eye centres, nose tip, mouth corners). Weights ship with the package (no download).
+
+    Finds faces from `min_face_size` pixels wide in pictures of any size, turned faces and crowds; slower than
+    BlazeFace on video frames (a pyramid per picture). Thresholds are MTCNN's own for its first two stages;
+    `min_score` is the last stage's.
+    """
+
+    keypoint_names = mtcnn.KEYPOINT_NAMES
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        min_score: float = 0.7,
+        max_faces: int | None = None,
+        min_face_size: float = 20.0,
+        stage_thresholds: tuple[float, float] = (0.6, 0.7),
+        scale_factor: float = 0.709,
+        weights: str | Path = MTCNN_WEIGHTS,
+    ):
+        self.device = torch.device(device)
+        self.min_score, self.max_faces, self.min_face_size = min_score, max_faces, min_face_size
+        self.stage_thresholds, self.scale_factor = stage_thresholds, scale_factor
+        self.network = mtcnn.Mtcnn()
+        self.network.load_state_dict({name: tensor.float() for name, tensor in load_file(weights).items()})
+        self.network.eval().to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[ImageInput], video: Sequence[bool] | None = None) -> list[FaceDetections]:
+        return [self.detect(as_image_tensor(image)) for image in images]
+
+    def detect(self, image: torch.Tensor) -> FaceDetections:
+        pixels = image[None].to(self.device, torch.float32)
+        boxes, scores = self.propose(pixels)
+        boxes, scores = self.refine(pixels, boxes)
+        return self.finish(pixels, boxes)
+
+    def propose(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net over the pyramid: candidate windows, merged within and across scales, moved by its offsets."""
+        height, width = pixels.shape[-2:]
+        scale = mtcnn.PNET_SIZE / self.min_face_size
+        windows, scores, offsets = [], [], []
+        while min(height, width) * scale >= mtcnn.PNET_SIZE:
+            size = (max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale)))
+            resized = F.interpolate(pixels, size=size, mode="area")
+            probability, offset = self.network.pnet(mtcnn.normalise(resized))
+            rows, columns = torch.nonzero(probability[0] >= self.stage_thresholds[0], as_tuple=True)
+            if len(rows):
+                # Each output cell sees a 12 x 12 window of the resized picture, every 2 pixels.
+                ratio = torch.tensor([width / size[1], height / size[0]] * 2, device=self.device)
+                corners = torch.stack([columns, rows], 1).float() * 2
+                window = torch.cat([corners, corners + mtcnn.PNET_SIZE], 1) * ratio
+                score = probability[0, rows, columns]
+                keep = mtcnn.non_max_suppression(window, score, 0.5)
+                windows.append(window[keep])
+                scores.append(score[keep])
+                offsets.append(offset[0, :, rows, columns].T[keep])
+            scale *= self.scale_factor
+        if not windows:
+            return pixels.new_zeros(0, 4), pixels.new_zeros(0)
+        windows, scores, offsets = torch.cat(windows), torch.cat(scores), torch.cat(offsets)
+        keep = mtcnn.non_max_suppression(windows, scores, 0.7)
+        return mtcnn.squared(mtcnn.regress(windows[keep], offsets[keep])), scores[keep]
+
+    def refine(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-Net on 24 x 24 crops: the candidates it keeps, merged and moved by its offsets."""
+        if not len(boxes):
+            return boxes, pixels.new_zeros(0)
+        probability, offsets = self.network.rnet(mtcnn.normalise(mtcnn.crop_boxes(pixels, boxes, mtcnn.RNET_SIZE)))
+        kept = probability >= self.stage_thresholds[1]
+        boxes, probability, offsets = boxes[kept], probability[kept], offsets[kept]
+        keep = mtcnn.non_max_suppression(boxes, probability, 0.7)
+        return mtcnn.squared(mtcnn.regress(boxes[keep], offsets[keep])), probability[keep]
+
+    def finish(self, pixels: torch.Tensor, boxes: torch.Tensor) -> FaceDetections:
+        """O-Net on 48 x 48 crops: the faces, best first, with their final boxes and five points."""
+        if not len(boxes):
+            return FaceDetections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2), self.keypoint_names)
+        crops = mtcnn.crop_boxes(pixels, boxes, mtcnn.ONET_SIZE)
+        probability, offsets, points = self.network.onet(mtcnn.normalise(crops))
+        kept = probability >= self.min_score
+        boxes, probability, offsets, points = boxes[kept], probability[kept], offsets[kept], points[kept]
+        landmarks = boxes[:, None, :2] + points * (boxes[:, None, 2:] - boxes[:, None, :2])
+        boxes = mtcnn.regress(boxes, offsets)
+        keep = mtcnn.non_max_suppression(boxes, probability, 0.7, by_min=True)[: self.max_faces]
+        height, width = pixels.shape[-2:]
+        limits = torch.tensor([width, height, width, height], device=boxes.device)
+        boxes = boxes[keep].clamp(min=0).minimum(limits)
+        return FaceDetections(boxes.cpu(), probability[keep].cpu(), landmarks[keep].cpu(), self.keypoint_names)
+
+
+class AutoDetector:
+    """The default: MTCNN for pictures (small, turned and crowded faces, once each), BlazeFace with O-Net's points
+    for video frames (about ten times as fast, for the faces that fill a fair part of a frame, as in interviews and
+    ABAW's videos). Both give ABAW's five points, so alignment and pose are the same for both."""
+
+    def __init__(self, device: str | torch.device = "cpu", min_score: float | None = None,
+                 max_faces: int | None = None, min_face_size: float = 20.0):  # fmt: skip
+        scores = {} if min_score is None else {"min_score": min_score}
+        self.min_score, self.max_faces = min_score, max_faces
+        self.pictures = MtcnnDetector(device, max_faces=max_faces, min_face_size=min_face_size, **scores)
+        self.frames = BlazeFaceDetector(device, max_faces=max_faces, **scores)
+        self.keypoint_names = tuple(dict.fromkeys((*self.pictures.keypoint_names, *self.frames.keypoint_names)))
+
+    def __call__(self, images: Sequence[ImageInput], video: Sequence[bool] | None = None) -> list[FaceDetections]:
+        video = [False] * len(images) if video is None else list(video)
+        results: list[FaceDetections | None] = [None] * len(images)
+        for detector, wanted in ((self.frames, True), (self.pictures, False)):
+            chosen = [index for index, is_frame in enumerate(video) if is_frame == wanted]
+            for index, detections in zip(chosen, detector([images[i] for i in chosen]) if chosen else [], strict=True):
+                results[index] = detections
         return results
 
 
-DETECTORS = {"blazeface": BlazeFaceDetector}
+DETECTORS = {"auto": AutoDetector, "blazeface": BlazeFaceDetector, "mtcnn": MtcnnDetector}
 
 
-def load_face_detector(name: str = "blazeface", device: str | torch.device = "cpu", **options) -> FaceDetector:
+def load_face_detector(name: str = "auto", device: str | torch.device = "cpu", **options) -> FaceDetector:
     """A detector by name (`DETECTORS`); options go to its constructor (e.g. `min_score`, `max_faces`)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; available: {', '.join(sorted(DETECTORS))}")

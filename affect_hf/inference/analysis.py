@@ -15,14 +15,15 @@ from transformers.image_utils import load_image
 from ..data.transforms import IMAGE_MEAN, IMAGE_STD
 from ..faces.alignment import align_faces
 from ..faces.detection import FaceDetector, ImageInput, as_image_tensor, load_face_detector
+from ..faces.pose import head_poses
 from ..modeling.pipeline_affect import affect_scores, describe
 from ..models import load_affect_model, load_image_normalisation
 from .results import FaceResult
 
 
-def check_face_options(min_face_score: float, max_faces: int | None) -> None:
-    """The detector options every tool takes, range-checked once."""
-    if not 0 <= min_face_score <= 1:
+def check_face_options(min_face_score: float | None, max_faces: int | None) -> None:
+    """The detector options every tool takes, range-checked once (None: the detector's own default)."""
+    if min_face_score is not None and not 0 <= min_face_score <= 1:
         raise ValueError(f"min_face_score must lie in [0, 1] (a detector probability), got {min_face_score}")
     if max_faces is not None and max_faces < 1:
         raise ValueError(f"max_faces must be at least 1 (or None for every face), got {max_faces}")
@@ -47,6 +48,7 @@ class FaceAffectAnalyzer:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.detector, self.batch_size = model, detector, batch_size
         self.source: str | None = None  # the folder or Hub id it was loaded from (`from_pretrained`)
+        self.backend = "torch" if isinstance(model, torch.nn.Module) else type(model).__name__
         self.config = model.config
         self.device = model.device
         self.image_size = model.config.image_size
@@ -58,9 +60,9 @@ class FaceAffectAnalyzer:
         cls,
         model: str | os.PathLike,
         device: str | torch.device = "auto",
-        detector: str | FaceDetector = "blazeface",
+        detector: str | FaceDetector = "auto",
         batch_size: int = 32,
-        min_face_score: float = 0.5,
+        min_face_score: float | None = None,
         max_faces: int | None = None,
         backend: str = "torch",
         **hub_options: Any,
@@ -69,9 +71,10 @@ class FaceAffectAnalyzer:
         affect_model = load_affect_model(model, backend=backend, device=device, **hub_options)
         mean, std = load_image_normalisation(model, **hub_options)
         if isinstance(detector, str):
-            detector = load_face_detector(detector, affect_model.device, min_score=min_face_score, max_faces=max_faces)
+            scores = {} if min_face_score is None else {"min_score": min_face_score}
+            detector = load_face_detector(detector, affect_model.device, max_faces=max_faces, **scores)
         analyzer = cls(affect_model, detector, mean, std, batch_size)
-        analyzer.source = str(model)
+        analyzer.source, analyzer.backend = str(model), backend
         return analyzer
 
     @property
@@ -83,24 +86,37 @@ class FaceAffectAnalyzer:
         return (crops - self.mean) / self.std
 
     @torch.inference_mode()
-    def analyze_images(self, images: Sequence[ImageInput]) -> list[list[FaceResult]]:
-        """Every face of every picture (best first, `face_id` their rank); a picture without a face gets []."""
+    def analyze_images(
+        self, images: Sequence[ImageInput], video: Sequence[bool] | None = None
+    ) -> list[list[FaceResult]]:
+        """Every face of every picture (best first, `face_id` their rank); a picture without a face gets [].
+
+        `video` says which images are video frames: the default detector (`auto`) finds faces in those faster.
+        """
         tensors = [as_image_tensor(image) for image in images]
-        detections = self.detector(tensors)
+        detections = self.detector(tensors, video=video)
         crops = [
             align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
             for tensor, faces in zip(tensors, detections, strict=True)
         ]
         crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
+        sharpness = laplacian_variance(crops).tolist()
         chunks = []
         for start in range(0, len(crops), self.batch_size):
             pixel_values = self.normalise(crops[start : start + self.batch_size])
             outputs = self.model(pixel_values=pixel_values.to(self.model.dtype))
-            chunks.append({name: value.cpu() for name, value in affect_scores(outputs, self.config).items()})
+            chunk = {name: value.cpu() for name, value in affect_scores(outputs, self.config).items()}
+            pooled = getattr(outputs, "pooler_output", None)
+            if pooled is None:
+                pooled = getattr(outputs, "features", None)  # DAN's
+            if pooled is not None:
+                chunk["features"] = pooled.float().cpu()
+            chunks.append(chunk)
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
         results, row = [], 0
         for faces in detections:
             boxes, landmarks = faces.boxes.tolist(), faces.landmarks.tolist()
+            poses = head_poses(faces.landmarks, faces.keypoint_names)
             results.append([
                 FaceResult(
                     box=tuple(boxes[i]),
@@ -109,6 +125,9 @@ class FaceAffectAnalyzer:
                                                                           strict=True)},
                     face_id=i,
                     **describe(scores, row + i, self.config),
+                    features=scores["features"][row + i] if "features" in scores else None,
+                    **dict(zip(("yaw", "pitch", "roll"), poses[i] or (None, None, None), strict=True)),
+                    sharpness=sharpness[row + i],
                 )
                 for i in range(len(faces))
             ])  # fmt: skip
@@ -131,10 +150,21 @@ class FaceAffectAnalyzer:
         return results[0] if single else results
 
 
+def laplacian_variance(crops: torch.Tensor) -> torch.Tensor:
+    """A crop's sharpness: the variance of the 3 x 3 Laplacian of its luminance in [0, 1] (higher is sharper). Crops
+    are at the model's input size, so values compare across the faces of one model."""
+    if not len(crops):
+        return crops.new_zeros(0)
+    luminance = (crops.float() * crops.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True) / 255
+    kernel = crops.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return torch.nn.functional.conv2d(luminance, kernel).flatten(1).var(1).cpu()
+
+
 def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
     """Faces found, aligned and analysed in whole pictures: `affect_hf.pipeline("folder_or_hub_id")(image)`.
 
-    Options: `device` ("auto"), `detector` ("blazeface" or a `FaceDetector`), `batch_size`, `min_face_score`,
+    Options: `device` ("auto"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn",
+    "blazeface", or a `FaceDetector`), `batch_size`, `min_face_score` (None: the detector's own),
     `max_faces`, `backend` ("torch", or "onnx" / "onnx-int8" for an `affect-hf export onnx` folder), and Hub
     options such as `revision` or `trust_remote_code`.
     """

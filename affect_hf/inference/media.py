@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Frame:
-    """One picture to analyse: `index` counts the video's decoded frames from 0 (0 for a still image); `time` is
-    the frame's presentation time in seconds (None for a still image); `item` is the input it comes from."""
+    """One picture to analyse: `index` counts the video's decoded frames from 0 in presentation order (0 for a still
+    image); `time` is the frame's own presentation time in seconds (None for a still image); `item` is the input it
+    comes from."""
 
     source: str
     index: int
@@ -112,8 +113,10 @@ def video_frames(
     """Decoded frames of a video's first video stream, packet by packet: a packet that fails to decode is counted
     and skipped, and a file that breaks off ends the video, keeping every frame read before.
 
-    Times count from the stream's start; a frame's index is its time x the frame rate (so a lost packet does not
-    shift the frames after it), or its place in decoding order when the stream has no rate. With `max_seconds`,
+    A frame's index is its place in the order the decoder gives frames (presentation order): 0, 1, 2 ..., unique
+    and increasing, also for variable frame rates and B-frames; `every_n_frames` counts those. Its time is its own
+    timestamp, (pts - the stream's start) x time base, in seconds (from the average rate only for a frame without
+    one), so a lost packet shows as a gap in time, not in the indices. With `max_seconds`,
     the video is cut there (recorded in `report.cut_at_seconds`). A video whose frames end more than a frame before
     the duration its header declares is reported as cut short (`report.cut_short`), with the frames it had.
     """
@@ -155,9 +158,8 @@ def video_frames(
                     report.cut_at_seconds[source] = max_seconds
                     return
                 if decoded_count % every_n_frames == 0:
-                    index = round(time * rate) if time is not None and rate else decoded_count
                     image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-                    yield Frame(source, index, time, image, item)
+                    yield Frame(source, decoded_count, time, image, item)
                 decoded_count += 1
                 last_time = time if time is not None else last_time
         if stop.is_set() or not (declared and rate):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFont
 
 from ..files import StagedFile
 from .media import Frame
@@ -16,21 +17,29 @@ from .results import FaceResult
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
 
+def label_font(width: int) -> PIL.ImageFont.FreeTypeFont | PIL.ImageFont.ImageFont:
+    """Pillow's own font at a size that reads at the picture's width: 1/50 of it (20 px on a 1000 px photo)."""
+    return PIL.ImageFont.load_default(size=max(12, round(width / 50)))
+
+
 def draw_faces(image: PIL.Image.Image, faces: list[FaceResult]) -> PIL.Image.Image:
-    """Each face's box, id, expression and valence/arousal drawn on a copy of `image`."""
+    """Each face's box, id, expression and valence/arousal drawn on a copy of `image`, sized to read at its width."""
     image = image.copy()
     draw = PIL.ImageDraw.Draw(image)
+    font = label_font(image.width)
+    line = max(2, round(image.width / 400))
     for face in faces:
         color = PALETTE[(face.face_id or 0) % len(PALETTE)]
         box = list(face.box)
-        draw.rectangle(box, outline=color, width=2)
+        draw.rectangle(box, outline=color, width=line)
         label = f"#{face.face_id} {face.expression}"
         if face.valence is not None:
             label += f" V{face.valence:+.2f} A{face.arousal:+.2f}"
-        left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
-        y = max(0, box[1] - (bottom - top) - 4)
-        draw.rectangle([box[0], y, box[0] + right - left + 4, y + bottom - top + 4], fill=color)
-        draw.text((box[0] + 2, y + 1), label, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), label, font=font)
+        pad = max(2, (bottom - top) // 5)
+        y = max(0, box[1] - (bottom - top) - 2 * pad)
+        draw.rectangle([box[0], y, box[0] + right - left + 2 * pad, y + bottom - top + 2 * pad], fill=color)
+        draw.text((box[0] + pad, y + pad - (top - box[1])), label, fill=(0, 0, 0), font=font)
     return image
 
 
@@ -38,10 +47,10 @@ class OverlayWriter:
     """An H.264 video of one input video's analysed frames, at its frame rate / `every_n_frames`.
 
     Written to a hidden file beside `path` and renamed into place when its video ends (the next input's first
-    frame) or on `close()`, which also runs on Ctrl-C: the overlay then ends where the table does. A kill leaves the
-    hidden file, which the next writer of `path` removes (`affect-hf predict --resume` redoes the video's overlay
-    with the video). A failure while encoding removes the hidden file and publishes nothing. It shows the first video
-    among the inputs; other videos and still pictures are not drawn. The caller holds `path`'s lock.
+    frame, or the end of the run). A run stopped in the video (Ctrl-C, a crash, a kill) keeps no overlay: the
+    next writer of `path` removes the hidden file, and `affect-hf predict --resume` redoes the video with it. A
+    failure while encoding removes the hidden file and publishes nothing. It shows the first video among the
+    inputs; other videos and still pictures are not drawn. The caller holds `path`'s lock.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -83,9 +92,13 @@ class OverlayWriter:
             self.discard()
             raise
 
-    def close(self) -> None:
-        """Finish the video and put it in place (nothing happens when no video frame came)."""
+    def close(self, video_ended: bool = True) -> None:
+        """Finish the video and put it in place (nothing happens when no video frame came). When its video did not
+        end (a run stopped in it), the overlay is not kept: a resumed run redoes the video and its overlay."""
         if self.container is None:
+            return
+        if not video_ended:
+            self.discard()
             return
         try:
             for packet in self.stream.encode():

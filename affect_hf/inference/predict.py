@@ -52,7 +52,10 @@ class FaceIdentities:
             self.source, self.tracker = frame.source, FaceTracker(max_gap=self.max_gap)
             self.smoother = ExponentialSmoother(self.smoothing, self.config) if self.smoothing else None
         boxes = torch.tensor([face.box for face in faces], dtype=torch.float32).reshape(-1, 4)
-        ids = self.tracker.update(boxes, frame.time)
+        features = torch.stack([face.features for face in faces]) if faces and all(
+            face.features is not None for face in faces
+        ) else None  # fmt: skip
+        ids = self.tracker.update(boxes, frame.time, features)
         faces = [replace(face, face_id=face_id) for face, face_id in zip(faces, ids, strict=True)]
         if self.smoother is not None:
             faces = [self.smoother.update(face, frame.time) for face in faces]
@@ -76,9 +79,10 @@ class AnalysisRun:
         device: str = "auto",
         every_n_frames: int = 1,
         max_faces: int | None = None,
-        min_face_score: float = 0.5,
+        min_face_score: float | None = None,
+        detector: str = "auto",
         smoothing: float = 0.0,
-        max_gap: float = 1.0,
+        max_gap: float = 2.0,
         max_seconds: float | None = None,
         backend: str = "torch",
         max_pixels: int = MAX_PIXELS,
@@ -104,7 +108,7 @@ class AnalysisRun:
         else:
             self.analyzer = FaceAffectAnalyzer.from_pretrained(
                 model, device=device, batch_size=batch_size, min_face_score=min_face_score, max_faces=max_faces,
-                backend=backend,
+                backend=backend, detector=detector,
             )  # fmt: skip
         self.batch_size, self.every_n_frames, self.max_seconds = batch_size, every_n_frames, max_seconds
         self.max_pixels, self.progress = max_pixels, progress
@@ -125,7 +129,9 @@ class AnalysisRun:
                 if frame is not None:
                     batch.append(frame)
                 if batch and (frame is None or len(batch) == self.batch_size):
-                    results = self.analyzer.analyze_images([item.image for item in batch])
+                    results = self.analyzer.analyze_images(
+                        [item.image for item in batch], video=[item.time is not None for item in batch]
+                    )
                     pairs = zip(batch, results, strict=True)
                     analysed = [(item, self.identities.assign(item, faces)) for item, faces in pairs]
                     self.frames += len(batch)
@@ -143,16 +149,16 @@ class AnalysisRun:
         """What names this run for a resume: the inputs (path, size, modification time), the model, the options
         and the columns. Batch size and device may change: they change no row beyond rounding."""
         listed = [[str(item), *_identity(item)] for item in self.items]
-        analyzer = self.analyzer
+        analyzer, detector = self.analyzer, self.analyzer.detector
         return {
             "inputs": _digest(listed),
             "num_inputs": len(self.items),
             "model": analyzer.source,
-            "model_weights": weights_sha256(analyzer.source) if analyzer.source and is_local_path(analyzer.source)
-            else None,
-            "backend": type(analyzer.model).__name__,
-            "detector": type(analyzer.detector).__name__,
-            **self.options,
+            "model_version": model_version(analyzer),
+            "backend": analyzer.backend,
+            "detector": [type(detector).__name__, getattr(detector, "min_score", None),
+                         getattr(detector, "max_faces", None)],
+            **{name: value for name, value in self.options.items() if name not in ("min_face_score", "max_faces")},
             "columns": _digest(self.schema.names),
         }  # fmt: skip
 
@@ -183,7 +189,8 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     `inputs`: a path (picture, video or folder), a PIL image, an H x W x 3 uint8 array, or a list of them (pictures in
     memory are named `<image N>` in `source`). `model`: a folder, a Hub id, or `affect_hf.pipeline(...)`'s analyzer
     (loaded once, reused). Options: `batch_size` (16), `device` ("auto"), `backend` ("torch", "onnx",
-    "onnx-int8"), `every_n_frames`, `max_faces`, `min_face_score` (0.5), `smoothing` (seconds, 0: off),
+    "onnx-int8"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn", "blazeface"),
+    `every_n_frames`, `max_faces`, `min_face_score` (None: the detector's), `smoothing` (seconds, 0: off),
     `max_gap` (seconds a lost face keeps its id), `max_seconds` (of each video), `max_pixels` (the picture limit),
     `progress`. Files that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when
     nothing at all can be read, a `ValueError` names each input and why.
@@ -196,6 +203,17 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     table = run.dataframe(rows)
     table.attrs["skipped"] = list(run.report.skipped)
     return table
+
+
+def model_version(analyzer: FaceAffectAnalyzer) -> str | None:
+    """What names the weights a run used: an ONNX file's sha256, a local folder's weights' sha256, or the Hub
+    revision a model was downloaded at."""
+    model = analyzer.model
+    if getattr(model, "record", None) is not None:  # an ONNX export
+        return model.record["files"][model.file_name]
+    if analyzer.source and is_local_path(analyzer.source):
+        return weights_sha256(analyzer.source)
+    return getattr(model.config, "_commit_hash", None)
 
 
 def _identity(item) -> list:
@@ -251,8 +269,11 @@ def predict(
     table; `overlay` the first video with the faces drawn (kept as it is when a resumed run finds it written).
     """
     check_table_path(output)
-    locks = [OutputLock(path).acquire() for path in (output, overlay) if path is not None]  # refused at once
+    locks: list[OutputLock] = []
     try:
+        for path in (output, overlay):  # refused at once, before the model is loaded
+            if path is not None:
+                locks.append(OutputLock(path).acquire())
         check_output(output, resume, overwrite)
         own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
         run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, **options)
@@ -309,7 +330,7 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay) ->
                     writer.discard()
             finally:
                 if overlay_writer is not None:
-                    overlay_writer.close()
+                    overlay_writer.close(video_ended=complete)
         except Exception as error:
             if not failing:
                 raise

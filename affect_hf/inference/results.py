@@ -6,20 +6,24 @@ copies with `dataclasses.replace`. `to_dict()` is the pipeline's answer for the 
 The table (`affect-hf predict`, `affect_hf.analyze`, the app) has one row per frame x face, in this column order:
 - `source`, `frame` (the frame's index in its video; 0 for a picture), `time` (seconds; empty for a picture);
 - `face_id` (empty when the frame has no face), `face_score` (the detector's), the box `box_x1..box_y2` (pixels);
-- quality: `face_width` (the box's width in pixels), `sharpness` (reserved: empty);
-- head pose: `yaw`, `pitch`, `roll` in degrees (reserved: empty until a backend gives them);
+- quality: `face_width` (the box's width in pixels), `sharpness` (the variance of the aligned crop's Laplacian:
+  higher is sharper; `inference.analysis.laplacian_variance`);
+- head pose: `yaw`, `pitch`, `roll` in degrees (`faces.pose`: yaw > 0 turned to the person's left, pitch > 0
+  looking up, roll > 0 counterclockwise on screen); empty for a detector without the five points;
 - the five ABAW landmarks `right_eye`, `left_eye`, `nose_tip`, `mouth_right`, `mouth_left` as `<name>_x`,
-  `<name>_y`, whatever the detector (empty where it gives no such point: BlazeFace has no mouth corners);
+  `<name>_y`, whatever the detector (empty where it gives no such point);
 - `valence`, `arousal` (EMMA), `expression`, one `expression_<Label>` probability per class, and per AU
   `<AU>_probability` and `<AU>` (1 when active at the model's threshold, else 0);
-- last, the detector's other landmarks (BlazeFace: `mouth_center`, the ear tragions), `_x` and `_y`.
+- last, the detector's other landmarks (BlazeFace: `mouth_center`, the ear tragions), `_x` and `_y` (empty in the
+  rows of faces another detector found).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 from ..faces.alignment import ABAW_LANDMARKS
 
@@ -36,8 +40,8 @@ class FaceResult:
 
     Coordinates are the picture's pixels (x right, y down). `landmarks` holds the detector's named points.
     `face_id` numbers the faces of a picture by rank (best first); in a video the tracker makes it an identity.
-    `valence`/`arousal` exist for EMMA, the AU fields for models with AU outputs; pose and `sharpness` are
-    reserved for backends that estimate them.
+    `valence`/`arousal` exist for EMMA, the AU fields for models with AU outputs; the pose needs the five points.
+    `features` is the model's pooled feature of the face where the model gives one.
     """
 
     box: tuple[float, float, float, float]
@@ -54,6 +58,8 @@ class FaceResult:
     pitch: float | None = None
     roll: float | None = None
     sharpness: float | None = None
+    # The affect model's pooled feature of the face (its appearance, for the tracker); in no dict or row.
+    features: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def width(self) -> float:
@@ -67,10 +73,10 @@ class FaceResult:
             "landmarks": {name: list(point) for name, point in self.landmarks.items()},
             "face_id": self.face_id,
         }
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name not in result and value is not None:
-                result[field.name] = dict(value) if isinstance(value, dict) else value
+        for entry in fields(self):
+            value = getattr(self, entry.name)
+            if entry.name not in result and entry.name != "features" and value is not None:
+                result[entry.name] = dict(value) if isinstance(value, dict) else value
         return result
 
     def to_row(self) -> dict[str, Any]:

@@ -175,6 +175,7 @@ class TableWriter:
                     leftover.unlink(missing_ok=True)
 
     def _create(self) -> None:
+        progress_path(self.path).unlink(missing_ok=True)  # first: a kill while replacing leaves no stale record
         if self.csv:
             header = io.StringIO()
             csv.writer(header).writerow(self.schema.names)
@@ -201,13 +202,19 @@ class TableWriter:
         self.done = (progress["inputs_done"], self.rows, self.bytes)
         self.complete = progress["complete"]
         if self.csv:
+            if self.path.stat().st_size < self.bytes:
+                raise ValueError(self._unlike_record(f"it has {self.path.stat().st_size} bytes, not {self.bytes}"))
             self.file = open(self.path, "r+b", buffering=0)  # noqa: SIM115  (closed in close())
             self.file.truncate(self.bytes)
             self.file.seek(self.bytes)
             self.parts = []
             return
+        listed = progress["parts"]
+        missing = [name for name, _ in listed if not (self.path / name).is_file()]
+        if missing or sum(count for _, count in listed) < self.rows:
+            raise ValueError(self._unlike_record(f"parts are missing ({', '.join(missing) or 'rows'})"))
         kept, total = [], 0
-        for name, count in progress["parts"]:
+        for name, count in listed:
             if total + count <= self.rows:
                 kept.append([name, count])
             elif total < self.rows:  # the part where the finished rows end: its first rows stay
@@ -220,6 +227,9 @@ class TableWriter:
             if part.name not in names:
                 part.unlink()
         self.parts = kept
+
+    def _unlike_record(self, what: str) -> str:
+        return f"cannot resume {self.path}: it does not match its progress record ({what}); replace it with --overwrite"
 
     # ------------------------------------------------------------------ writing
 
@@ -264,11 +274,13 @@ class TableWriter:
         elapsed = time.monotonic() - self.last_flush
         # (A CSV buffers nothing: its writes are whole and unbuffered, on disk already.)
         if self.buffer and (force or len(self.buffer) >= self.rows_per_part or elapsed >= self.flush_seconds):
-            rows, self.buffer = self.buffer, []  # taken first: an interrupt mid-write never writes them twice
-            self._write_part(rows)
+            self._write_part(self.buffer)
+            self.buffer = []  # after the part is in place: rows whose part failed stay for the next try
         on_disk = self.rows - len(self.buffer)
         durable = [boundary for boundary in self.boundaries if boundary[1] <= on_disk]
         if durable:
+            if self.csv:  # the rows reach the disk before the record that counts them (a power cut)
+                os.fsync(self.file.fileno())
             self.done = durable[-1]
             self.boundaries = self.boundaries[len(durable) :]
             self._record()
@@ -287,6 +299,8 @@ class TableWriter:
         staging = self.path / f".{name}.tmp"
         try:
             pq.write_table(table, staging)
+            with open(staging, "rb") as handle:  # on the disk before it is named, and before the record names it
+                os.fsync(handle.fileno())
         except OSError as error:
             staging.unlink(missing_ok=True)
             raise OSError(f"{self.path}: cannot write a part of the table ({error.strerror or error})") from None
@@ -317,14 +331,18 @@ class TableWriter:
         return self.path
 
     def discard(self) -> None:
-        """Remove a new output that got no row (a run that read nothing leaves nothing behind)."""
+        """Remove a new output that got no row (a run that read nothing leaves nothing behind); only the table's own
+        files go (a folder is removed when nothing else is in it)."""
         try:
+            progress_path(self.path).unlink(missing_ok=True)
             if self.csv:
                 self.file.close()
                 self.path.unlink(missing_ok=True)
             else:
-                _remove_tree(self.path)
-            progress_path(self.path).unlink(missing_ok=True)
+                for part in self.path.glob("part-*.parquet"):
+                    part.unlink()
+                if not any(self.path.iterdir()):
+                    self.path.rmdir()
         finally:
             self._release()
 

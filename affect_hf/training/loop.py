@@ -56,7 +56,7 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; raised on every process at the same step."""
 
 
-class NoModelSavedError(RuntimeError):
+class NoModelSavedError(ValueError):
     """The run ended without a saved model (every evaluation's score was NaN)."""
 
 

@@ -55,8 +55,8 @@ RESUME_FINGERPRINT_KEYS = (
 )
 
 
-class CorruptStateError(RuntimeError):
-    """A saved training state that cannot be read back."""
+class CorruptStateError(OSError):
+    """A saved training state that cannot be read back (a damaged or missing file)."""
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""Faces as real photos and videos hold them, built from real photos: a crowd of 20 faces from 32 to 300 pixels
+wide (mirrored, grey, turned), alignment on true landmarks, head pose, two different people crossing (one hidden for
+a second), variable frame rates, and labels that read at a photo's width."""
+
+import collections
+import fractions
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from skimage.data import astronaut
+
+import affect_hf
+from affect_hf.data.scenes import ASTRONAUT_POINTS, crowd, face_tile, write_crossing_video
+from affect_hf.faces import (
+    ABAW_LANDMARKS,
+    AutoDetector,
+    BlazeFaceDetector,
+    alignment_transforms,
+    similarity_transforms,
+    template_points,
+)
+from affect_hf.faces.pose import MEAN_FACE, _rotation, head_pose
+from affect_hf.hub import save_model_folder
+from affect_hf.inference.overlay import label_font
+from tests.test_modeling import tiny_emma_with_visible_heads
+
+
+@pytest.fixture(scope="module")
+def detector() -> AutoDetector:
+    return AutoDetector()
+
+
+@pytest.fixture(scope="module")
+def emma_folder(tmp_path_factory):
+    return save_model_folder(tiny_emma_with_visible_heads(), tmp_path_factory.mktemp("wild") / "emma")
+
+
+def test_every_face_of_a_crowd_is_found_once_with_its_points_where_they_were_pasted(detector):
+    scene, pasted = crowd()  # 2000 x 1400, faces 32-300 px wide
+    [found] = detector([scene])
+    assert len(found) == len(pasted) == 20
+    names = found.keypoint_names
+    centres = found.landmarks.mean(1)
+    for face in pasted:
+        distance = (centres - torch.tensor(face.centre)).norm(dim=1)
+        [match] = (distance < face.width / 2).nonzero().flatten().tolist()  # exactly one detection per face
+        for name in ("right_eye", "left_eye", "mouth_right", "mouth_left"):
+            error = (found.landmarks[match, names.index(name)] - torch.tensor(face.points[name])).norm()
+            assert error < 0.05 * face.width, (face.width, name, float(error))
+    assert len(BlazeFaceDetector()([scene])[0]) < 10  # the video detector is not made for crowds
+
+
+def alignment_error(detector, picture: np.ndarray, known: dict) -> tuple[float, float]:
+    """(residual, displacement) as fractions of a 112 px crop: the known points' mean distance from the template
+    after the alignment the detector's points give, and their mean distance from where the alignment on the known
+    points themselves puts them (that alignment's own residual is the face's difference from the mean template)."""
+    [faces] = detector([picture])
+    size, known = 112, torch.tensor([[known[name] for name in ABAW_LANDMARKS]])
+    found = alignment_transforms(faces.landmarks[:1], size, faces.keypoint_names)[0].float()
+    ideal = similarity_transforms(known, template_points(size, ABAW_LANDMARKS))[0].float()
+    placed = known[0] @ found[:2, :2].T + found[:2, 2]
+    residual = (placed - template_points(size, ABAW_LANDMARKS)).norm(dim=1).mean() / size
+    displacement = (placed - (known[0] @ ideal[:2, :2].T + ideal[:2, 2])).norm(dim=1).mean() / size
+    return float(residual), float(displacement)
+
+
+def test_alignment_on_the_five_true_points_beats_blazeface_alone(detector):
+    """Before: BlazeFace's own points (its mouth centre for the corners); after: the defaults' five points."""
+    pictures = [(astronaut(), ASTRONAUT_POINTS)]
+    for width, mirrored, angle in ((140, False, 0.0), (110, True, 12.0), (180, False, -20.0)):
+        tile, points = face_tile(width, mirrored=mirrored, angle=angle)
+        canvas = PIL.Image.new("RGB", (tile.width + 200, tile.height + 200), (100, 100, 100))
+        canvas.paste(tile, (100, 100))
+        pictures.append((np.asarray(canvas), {name: (x + 100, y + 100) for name, (x, y) in points.items()}))
+    before = np.mean([alignment_error(BlazeFaceDetector(onet_points=False), p, k) for p, k in pictures], axis=0)
+    after = np.mean([alignment_error(detector, p, k) for p, k in pictures], axis=0)
+    assert after[0] < before[0] and after[1] < 0.015 and after[1] < 0.5 * before[1], (before, after)
+
+
+def test_head_pose_is_recovered_and_follows_mirrors_and_turns(detector):
+    # The solver on the mean face itself, turned: the angles come back.
+    model = np.array([MEAN_FACE[name] for name in ABAW_LANDMARKS])
+    for angles in ((30.0, 0.0, 0.0), (-45.0, 10.0, 5.0), (0.0, -20.0, 30.0)):
+        points = 1.3 * (model @ _rotation(*angles).T)[:, :2] + (200.0, 150.0)
+        assert head_pose(points) == pytest.approx(angles, abs=0.5)
+    # A real frontal face; its mirror flips yaw and roll; turning the picture turns roll by as much.
+    picture = PIL.Image.fromarray(astronaut())
+    poses = {}
+    for name, image in (("photo", picture), ("mirror", picture.transpose(PIL.Image.FLIP_LEFT_RIGHT)),
+                        ("turned", picture.rotate(20, resample=PIL.Image.BICUBIC))):  # fmt: skip
+        [faces] = detector([np.asarray(image)])
+        indices = [faces.keypoint_names.index(n) for n in ABAW_LANDMARKS]
+        poses[name] = head_pose(faces.landmarks[0, indices].numpy())
+    yaw, pitch, roll = poses["photo"]
+    assert abs(yaw) < 10 and abs(pitch) < 20 and abs(roll) < 8
+    assert poses["mirror"][0] == pytest.approx(-yaw, abs=3) and poses["mirror"][2] == pytest.approx(-roll, abs=3)
+    assert poses["turned"][2] - roll == pytest.approx(20, abs=5) and abs(poses["turned"][0] - yaw) < 10
+
+
+def test_two_people_who_cross_keep_their_ids_also_after_one_is_hidden(emma_folder, tmp_path):
+    path, _ = write_crossing_video(tmp_path / "crossing.mp4")  # the cameraman hidden from 3.6 s to 4.6 s
+    table = affect_hf.analyze(path, emma_folder, device="cpu")
+    frames = _decoded(path)
+    ids = {"astronaut": collections.Counter(), "cameraman": collections.Counter()}
+    for row in table[table["face_id"].notna()].itertuples():
+        region = frames[int(row.frame)][int(row.box_y1) : int(row.box_y2), int(row.box_x1) : int(row.box_x2)]
+        colourful = float((region.max(-1).astype(int) - region.min(-1)).mean()) > 12  # the cameraman is grey
+        ids["astronaut" if colourful else "cameraman"][int(row.face_id)] += 1
+    for person, counts in ids.items():
+        assert counts.most_common(1)[0][1] >= 0.95 * sum(counts.values()), (person, counts)
+    assert ids["astronaut"].most_common(1)[0][0] != ids["cameraman"].most_common(1)[0][0]
+    hidden = table[(table["time"] >= 3.6) & (table["time"] < 4.6)]
+    assert hidden.groupby("frame")["face_id"].count().max() == 1  # hidden indeed: one face in those frames
+
+
+def _decoded(path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_frames_of_a_variable_frame_rate_video_keep_their_own_times(emma_folder, tmp_path):
+    import av
+
+    times_ms = [0, 33, 70, 100, 180, 200, 233, 300, 301, 340, 400, 480, 510, 640]
+    path = tmp_path / "phone.mp4"
+    face = np.asarray(PIL.Image.fromarray(astronaut()).resize((320, 320)))
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for time in times_ms:
+            frame = av.VideoFrame.from_ndarray(face, format="rgb24")
+            frame.pts, frame.time_base = time, fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    table = affect_hf.analyze(path, emma_folder, device="cpu")
+    assert list(table["frame"]) == list(range(len(times_ms)))  # unique, increasing, in presentation order
+    np.testing.assert_allclose(table["time"], np.array(times_ms) / 1000, atol=1e-6)
+    every_third = affect_hf.analyze(path, emma_folder, device="cpu", every_n_frames=3)
+    assert list(every_third["frame"]) == list(range(0, len(times_ms), 3))
+
+
+def test_labels_read_at_the_picture_s_width():
+    small, large = label_font(400), label_font(1000)
+    height = lambda font: font.getbbox("#1 Happiness V+0.50")[3] - font.getbbox("#1 Happiness V+0.50")[1]  # noqa: E731
+    assert height(large) >= 14 and height(large) > 1.8 * height(small) * 0.7
+    assert math.isclose(large.size, 20)
