@@ -250,7 +250,7 @@ def predict_command(args: argparse.Namespace) -> None:
     print(
         f"{summary.output}: {summary.rows} rows, {summary.frames} frames ({media.images} pictures, {media.videos} "
         f"videos), {summary.faces} faces, {summary.frames_without_face} frames without a face, "
-        f"{summary.frames_per_second:.1f} frames/s"
+        f"{summary.frames_per_second:.3g} frames/s"
     )
     for path, reason in media.skipped:
         print(f"skipped {path}: {reason}")

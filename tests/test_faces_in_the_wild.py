@@ -1,12 +1,18 @@
 """Faces as real photos and videos hold them, built from real photos: a crowd of 20 faces from 32 to 300 pixels
-wide (mirrored, grey, turned), alignment on true landmarks, head pose, two different people crossing (one hidden for
-a second), variable frame rates, and labels that read at a photo's width."""
+wide (mirrored, grey, turned), a 12000 x 12000 photo, faces cut by the frame's edge, alignment on true landmarks,
+head pose, two different people crossing (one hidden for a second), variable frame rates, and labels that read at a
+photo's width."""
 
 import collections
 import fractions
+import importlib
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
+import pandas as pd
 import PIL.Image
 import pytest
 import torch
@@ -18,13 +24,18 @@ from affect_hf.faces import (
     ABAW_LANDMARKS,
     AutoDetector,
     BlazeFaceDetector,
+    MtcnnDetector,
+    align_faces,
     alignment_transforms,
+    load_face_detector,
+    mtcnn,
     similarity_transforms,
     template_points,
 )
 from affect_hf.faces.pose import MEAN_FACE, _rotation, head_pose
 from affect_hf.hub import save_model_folder
 from affect_hf.inference.overlay import label_font
+from tests.runs import REPO_ROOT
 from tests.test_modeling import tiny_emma_with_visible_heads
 
 
@@ -152,3 +163,83 @@ def test_labels_read_at_the_picture_s_width():
     height = lambda font: font.getbbox("#1 Happiness V+0.50")[3] - font.getbbox("#1 Happiness V+0.50")[1]  # noqa: E731
     assert height(large) >= 14 and height(large) > 1.8 * height(small) * 0.7
     assert math.isclose(large.size, 20)
+
+
+def test_a_12000_pixel_photo_is_searched_in_tiles_within_3_gib(emma_folder, tmp_path):
+    canvas = PIL.Image.new("RGB", (12000, 12000), (120, 120, 120))
+    centres = []
+    for width, corner in ((60, (1000, 1000)), (400, (6000, 2000)), (3000, (2000, 6000))):
+        tile, points = face_tile(width)
+        canvas.paste(tile, corner)
+        centres.append(np.mean(list(points.values()), axis=0) + corner)
+    canvas.save(tmp_path / "large.jpg", quality=90)
+    del canvas
+    script = textwrap.dedent(f"""
+        import resource
+        from affect_hf.cli import main
+        main(["predict", {str(tmp_path / "large.jpg")!r}, "--model", {str(emma_folder)!r}, "--device", "cpu",
+              "--output", {str(tmp_path / "faces.csv")!r}])
+        print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_gib = int(done.stdout.split("peak")[-1]) / 2**20
+    assert peak_gib < 3, f"{peak_gib:.2f} GiB"  # the photo alone is 0.4 GB; as float it would be 1.7 GB
+    table = pd.read_csv(tmp_path / "faces.csv")
+    assert len(table) == 3  # 60, 400 and 3000 pixels wide: each found once
+    found = np.stack([table[[f"{name}_x", f"{name}_y"]].to_numpy() for name in ABAW_LANDMARKS]).mean(0)
+    for centre, width in zip(centres, (60, 400, 3000), strict=True):
+        assert np.linalg.norm(found - centre, axis=1).min() < 0.1 * width
+
+
+def test_large_levels_and_boxes_are_resized_in_bands_and_searched_in_tiles_as_a_whole():
+    photo = torch.from_numpy(np.array(PIL.Image.fromarray(astronaut()).resize((1500, 1100)))).permute(2, 0, 1)
+    whole = torch.nn.functional.interpolate(photo[None].float(), size=(640, 873), mode="area")[0]
+    banded = mtcnn.area_resize(photo, (640, 873), float_pixels=50_000)  # about 30 rows of the photo per band
+    torch.testing.assert_close(banded, whole, atol=1e-3, rtol=0)
+    # A box beyond the edges: black outside, exactly as a crop of the photo padded with zeros.
+    padded = torch.nn.functional.pad(photo.float(), (100, 100, 100, 100))
+    box = (-60, 1000, 140, 1180)  # its left 60 and bottom 80 pixels lie outside
+    expected = torch.nn.functional.interpolate(padded[None, :, 1100:1280, 40:240], size=(48, 48), mode="area")[0]
+    torch.testing.assert_close(mtcnn.area_resize(photo, (48, 48), box), expected)
+    # P-Net tile by tile finds the whole level's candidate cells, with their values, also at odd sizes.
+    pnet = MtcnnDetector().network.pnet
+    level = whole[:, :601, :871]
+    with torch.inference_mode():
+        probability, offsets = pnet(mtcnn.normalise(level)[None])
+        cells, scores, cell_offsets = mtcnn.pnet_candidates(pnet, level, threshold=0.3, tile=128)
+    rows, columns = torch.nonzero(probability[0] >= 0.3, as_tuple=True)
+    assert len(rows) > 20  # the face and some background
+    torch.testing.assert_close(cells, torch.stack([columns, rows], 1))
+    torch.testing.assert_close(scores, probability[0, rows, columns], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cell_offsets, offsets[0, :, rows, columns].T, atol=1e-5, rtol=1e-4)
+
+
+def test_a_face_cut_by_the_frame_s_edge_is_aligned_with_black_fill():
+    photo = torch.from_numpy(astronaut().copy()).permute(2, 0, 1)
+    points = torch.tensor([ASTRONAUT_POINTS[name] for name in ABAW_LANDMARKS])[None]
+    cut = photo[:, :, 215:]  # the person's right eye (x = 203) and mouth corner lie outside the frame
+    blacked = photo.clone()
+    blacked[:, :, :215] = 0
+    crop = align_faces(cut, points - torch.tensor([215.0, 0.0]), 112, ABAW_LANDMARKS)
+    torch.testing.assert_close(crop, align_faces(blacked, points, 112, ABAW_LANDMARKS), atol=0.05, rtol=0)
+    assert 0.2 < float((crop[0].amax(0) == 0).float().mean()) < 0.6  # the part beyond the edge is black
+
+
+def test_large_pictures_are_batched_within_the_pixel_budget(emma_folder, monkeypatch):
+    pictures = [astronaut(), astronaut()[:, ::-1].copy(), astronaut()[::2, ::2].copy()]
+    assert [len(batch) for batch in affect_hf.iter_analyze(pictures, emma_folder, device="cpu")] == [3]
+    # A budget of 1.5 photos: the first goes alone, the second with the small third (a quarter of a photo).
+    monkeypatch.setattr(importlib.import_module("affect_hf.inference.predict"), "BATCH_PIXELS", int(1.5 * 512 * 512))
+    assert [len(batch) for batch in affect_hf.iter_analyze(pictures, emma_folder, device="cpu")] == [1, 2]
+
+
+def test_a_detector_without_its_weights_says_how_to_make_them(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"mtcnn\.safetensors are missing: reinstall affect-hf, or make it "
+        r"with scripts/convert_mtcnn\.py \(from the facenet-pytorch 2\.6\.0",
+    ):
+        load_face_detector("mtcnn", weights=tmp_path / "mtcnn.safetensors")
+    with pytest.raises(FileNotFoundError, match="scripts/convert_blazeface.py"):
+        load_face_detector("blazeface", weights=tmp_path / "blazeface_short_range.safetensors")

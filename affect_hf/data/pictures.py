@@ -14,6 +14,7 @@ from typing import BinaryIO
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+import torch
 
 
 MAX_PIXELS = 150_000_000
@@ -68,7 +69,21 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         image = PIL.Image.fromarray(
             np.round(values * _eight_bit_scale(image.mode, values)).clip(0, 255).astype(np.uint8)
         )
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rgb_tensor(image: PIL.Image.Image, band_pixels: int = 1 << 22) -> torch.Tensor:
+    """An 8-bit RGB picture as a 3 x H x W uint8 tensor, copied a band of rows at a time: a large photo is held
+    twice while it is copied (PIL's pixels and the tensor), not three times."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB picture, got mode {image.mode}")
+    pixels = torch.empty(image.height, image.width, 3, dtype=torch.uint8)
+    rows = max(1, band_pixels // max(image.width, 1))
+    for top in range(0, image.height, rows):
+        bottom = min(top + rows, image.height)
+        band = image.crop((0, top, image.width, bottom)).tobytes()
+        pixels[top:bottom].numpy()[...] = np.frombuffer(band, np.uint8).reshape(bottom - top, image.width, 3)
+    return pixels.permute(2, 0, 1)
 
 
 def _eight_bit_scale(mode: str, values: np.ndarray) -> float:
@@ -87,9 +102,19 @@ def _eight_bit_scale(mode: str, values: np.ndarray) -> float:
 def read_picture(
     source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, upright: bool = True, name: str | None = None
 ) -> PIL.Image.Image:
-    """`open_picture` as 8-bit RGB, turned upright as its EXIF orientation says (phone photos) when `upright`."""
-    with open_picture(source, max_pixels, name) as image:
-        return to_rgb(PIL.ImageOps.exif_transpose(image) if upright else image)
+    """`open_picture` as 8-bit RGB, turned upright as its EXIF orientation says (phone photos) when `upright`.
+    An RGB photo is turned in place and not copied: a large one is held once."""
+    image = open_picture(source, max_pixels, name)
+    try:
+        if upright:
+            PIL.ImageOps.exif_transpose(image, in_place=True)
+        rgb = to_rgb(image)
+    except BaseException:
+        image.close()
+        raise
+    if rgb is not image:
+        image.close()
+    return rgb
 
 
-__all__ = ["MAX_PIXELS", "PictureTooLargeError", "open_picture", "read_picture", "to_rgb"]
+__all__ = ["MAX_PIXELS", "PictureTooLargeError", "open_picture", "read_picture", "rgb_tensor", "to_rgb"]

@@ -72,16 +72,31 @@ def align_faces(
 ) -> torch.Tensor:
     """Aligned crops of the N faces of one 3 x H x W image (uint8 or float): N x 3 x size x size float in [0, 255].
 
-    Pixels outside the image are black, as in ABAW's crops of faces at the frame's edge.
+    Pixels outside the image are black, as in ABAW's crops of faces at the frame's edge. Only the pixels each
+    crop samples are made float, so a large photo costs no more than a small one.
     """
     if len(landmarks) == 0:
         return torch.zeros(0, 3, size, size, device=image.device)
     height, width = image.shape[1:]
     crop_to_image = torch.linalg.inv(alignment_transforms(landmarks.to(image.device), size, keypoint_names))
+    corners = crop_to_image.new_tensor([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]).T
     # affine_grid works in [-1, 1] coordinates (align_corners=False): pixel = (normalised + 1) * extent / 2.
-    crop_from_normalised = torch.tensor([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]])
-    image_to_normalised = torch.tensor([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]])
-    theta = image_to_normalised.to(crop_to_image) @ crop_to_image @ crop_from_normalised.to(crop_to_image)
-    grid = F.affine_grid(theta[:, :2].float(), [len(landmarks), 3, size, size], align_corners=False)
-    source = image.float()[None].expand(len(landmarks), -1, -1, -1)
-    return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    crop_from_normalised = crop_to_image.new_tensor([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]])
+    crops = []
+    for transform in crop_to_image:
+        reached = (transform @ corners)[:2]  # the crop's corners in the image; bilinear reads one pixel further
+        left, top = (reached.min(1).values.floor() - 1).clamp(min=0).int().tolist()
+        right, bottom = (reached.max(1).values.ceil() + 2).int().tolist()
+        right, bottom = max(min(right, width), left + 1), max(min(bottom, height), top + 1)
+        region = image[:, top:bottom, left:right].float()
+        if region.numel() == 0 or left >= width or top >= height:  # the crop lies wholly outside the image
+            crops.append(torch.zeros(1, 3, size, size, device=image.device))
+            continue
+        extent_x, extent_y = region.shape[2], region.shape[1]
+        region_to_normalised = crop_to_image.new_tensor(
+            [[2 / extent_x, 0, -1 - 2 * left / extent_x], [0, 2 / extent_y, -1 - 2 * top / extent_y], [0, 0, 1]]
+        )
+        theta = (region_to_normalised @ transform @ crop_from_normalised)[None, :2].float()
+        grid = F.affine_grid(theta, [1, 3, size, size], align_corners=False)
+        crops.append(F.grid_sample(region[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return torch.cat(crops)

@@ -12,14 +12,31 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
+from ..data.pictures import rgb_tensor
 from . import mtcnn
 from .blazeface import INPUT_SIZE, KEYPOINT_NAMES, BlazeFace, anchor_centers, decode
 
 
 BLAZEFACE_WEIGHTS = Path(__file__).with_name("blazeface_short_range.safetensors")
 MTCNN_WEIGHTS = Path(__file__).with_name("mtcnn.safetensors")
+# How each shipped weights file is made again, should an installation lack it.
+WEIGHTS_SOURCES = {
+    BLAZEFACE_WEIGHTS.name: "scripts/convert_blazeface.py (from the mediapipe 0.10.21 wheel)",
+    MTCNN_WEIGHTS.name: "scripts/convert_mtcnn.py (from the facenet-pytorch 2.6.0 wheel)",
+}
 
 ImageInput = np.ndarray | Image.Image | torch.Tensor
+
+
+def load_detector_weights(network: torch.nn.Module, weights: str | Path) -> torch.nn.Module:
+    """`network` with the detector weights of a safetensors file, or one line saying how to get the file."""
+    weights = Path(weights)
+    if not weights.is_file():
+        source = WEIGHTS_SOURCES.get(weights.name)
+        remedy = f"reinstall affect-hf, or make it with {source}" if source else "pass the path of a weights file"
+        raise FileNotFoundError(f"face detector weights {weights} are missing: {remedy}")
+    network.load_state_dict({name: tensor.float() for name, tensor in load_file(weights).items()})
+    return network.eval()
 
 
 @dataclass
@@ -50,7 +67,7 @@ class FaceDetector(Protocol):
 def as_image_tensor(image: ImageInput) -> torch.Tensor:
     """An RGB image as a 3 x H x W uint8 tensor (from H x W x 3 arrays, PIL images of any mode, or such a tensor)."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        return rgb_tensor(image if image.mode == "RGB" else image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an H x W x 3 uint8 RGB array, got {image.dtype} of shape {image.shape}")
@@ -124,15 +141,11 @@ class BlazeFaceDetector:
     ):
         self.device = torch.device(device)
         self.min_score, self.iou_threshold, self.max_faces = min_score, iou_threshold, max_faces
-        self.network = BlazeFace()
-        self.network.load_state_dict({name: tensor.float() for name, tensor in load_file(weights).items()})
-        self.network.eval().to(self.device)
+        self.network = load_detector_weights(BlazeFace(), weights).to(self.device)
         self.anchors = anchor_centers().to(self.device)
         self.onet = None
         if onet_points:
-            cascade = mtcnn.Mtcnn()
-            cascade.load_state_dict({name: tensor.float() for name, tensor in load_file(MTCNN_WEIGHTS).items()})
-            self.onet = cascade.onet.eval().to(self.device)
+            self.onet = load_detector_weights(mtcnn.Mtcnn(), MTCNN_WEIGHTS).onet.to(self.device)
         self.keypoint_names = (*mtcnn.KEYPOINT_NAMES, *BLAZEFACE_EXTRA_POINTS) if onet_points else KEYPOINT_NAMES
 
     def letterbox(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +156,13 @@ class BlazeFaceDetector:
             height, width = image.shape[1:]
             scale = INPUT_SIZE / max(height, width)
             new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-            resized = F.interpolate(
-                image[None].to(self.device, torch.float32), size=(new_height, new_width), mode="bilinear",
-                antialias=True, align_corners=False,
-            )  # fmt: skip
+            if height * width > mtcnn.FLOAT_PIXELS:  # a large photo: averaged down in bands, never float as a whole
+                resized = mtcnn.area_resize(image.to(self.device), (new_height, new_width))[None]
+            else:
+                resized = F.interpolate(
+                    image[None].to(self.device, torch.float32), size=(new_height, new_width), mode="bilinear",
+                    antialias=True, align_corners=False,
+                )  # fmt: skip
             top, left = (INPUT_SIZE - new_height) // 2, (INPUT_SIZE - new_width) // 2
             batch[index, :, top : top + new_height, left : left + new_width] = resized[0] / 127.5 - 1
             placements.append((new_width / width, new_height / height, left, top))
@@ -180,8 +196,7 @@ class BlazeFaceDetector:
     def with_onet_points(self, images: list[torch.Tensor], detections: list[FaceDetections]) -> list[FaceDetections]:
         """ABAW's five points from O-Net on each face's square box, all faces of all images in one batch."""
         crops = [
-            mtcnn.crop_boxes(image[None].to(self.device, torch.float32), mtcnn.squared(faces.boxes.to(self.device)),
-                             mtcnn.ONET_SIZE)
+            mtcnn.crop_boxes(image.to(self.device), mtcnn.squared(faces.boxes.to(self.device)), mtcnn.ONET_SIZE)
             for image, faces in zip(images, detections, strict=True)
         ]  # fmt: skip
         crops = torch.cat(crops)
@@ -221,43 +236,43 @@ class MtcnnDetector:
         self.device = torch.device(device)
         self.min_score, self.max_faces, self.min_face_size = min_score, max_faces, min_face_size
         self.stage_thresholds, self.scale_factor = stage_thresholds, scale_factor
-        self.network = mtcnn.Mtcnn()
-        self.network.load_state_dict({name: tensor.float() for name, tensor in load_file(weights).items()})
-        self.network.eval().to(self.device)
+        self.network = load_detector_weights(mtcnn.Mtcnn(), weights).to(self.device)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[ImageInput], video: Sequence[bool] | None = None) -> list[FaceDetections]:
         return [self.detect(as_image_tensor(image)) for image in images]
 
     def detect(self, image: torch.Tensor) -> FaceDetections:
-        pixels = image[None].to(self.device, torch.float32)
+        pixels = image.to(self.device)  # kept in 8 bits: only the pyramid's levels and the crops are float
         boxes, scores = self.propose(pixels)
         boxes, scores = self.refine(pixels, boxes)
         return self.finish(pixels, boxes)
 
     def propose(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """P-Net over the pyramid: candidate windows, merged within and across scales, moved by its offsets."""
+        """P-Net over the pyramid (a large level in tiles): candidate windows, merged within and across scales,
+        moved by its offsets."""
         height, width = pixels.shape[-2:]
         scale = mtcnn.PNET_SIZE / self.min_face_size
         windows, scores, offsets = [], [], []
+        source = pixels
         while min(height, width) * scale >= mtcnn.PNET_SIZE:
             size = (max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale)))
-            resized = F.interpolate(pixels, size=size, mode="area")
-            probability, offset = self.network.pnet(mtcnn.normalise(resized))
-            rows, columns = torch.nonzero(probability[0] >= self.stage_thresholds[0], as_tuple=True)
-            if len(rows):
+            resized = mtcnn.area_resize(source, size)
+            if height * width > mtcnn.FLOAT_PIXELS:  # a large photo: each level from the last, not from the photo
+                source = resized
+            cells, score, offset = mtcnn.pnet_candidates(self.network.pnet, resized, self.stage_thresholds[0])
+            if len(cells):
                 # Each output cell sees a 12 x 12 window of the resized picture, every 2 pixels.
                 ratio = torch.tensor([width / size[1], height / size[0]] * 2, device=self.device)
-                corners = torch.stack([columns, rows], 1).float() * 2
+                corners = cells.float() * 2
                 window = torch.cat([corners, corners + mtcnn.PNET_SIZE], 1) * ratio
-                score = probability[0, rows, columns]
                 keep = mtcnn.non_max_suppression(window, score, 0.5)
                 windows.append(window[keep])
                 scores.append(score[keep])
-                offsets.append(offset[0, :, rows, columns].T[keep])
+                offsets.append(offset[keep])
             scale *= self.scale_factor
         if not windows:
-            return pixels.new_zeros(0, 4), pixels.new_zeros(0)
+            return torch.zeros(0, 4, device=self.device), torch.zeros(0, device=self.device)
         windows, scores, offsets = torch.cat(windows), torch.cat(scores), torch.cat(offsets)
         keep = mtcnn.non_max_suppression(windows, scores, 0.7)
         return mtcnn.squared(mtcnn.regress(windows[keep], offsets[keep])), scores[keep]
@@ -265,7 +280,7 @@ class MtcnnDetector:
     def refine(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """R-Net on 24 x 24 crops: the candidates it keeps, merged and moved by its offsets."""
         if not len(boxes):
-            return boxes, pixels.new_zeros(0)
+            return boxes, torch.zeros(0, device=self.device)
         probability, offsets = self.network.rnet(mtcnn.normalise(mtcnn.crop_boxes(pixels, boxes, mtcnn.RNET_SIZE)))
         kept = probability >= self.stage_thresholds[1]
         boxes, probability, offsets = boxes[kept], probability[kept], offsets[kept]

@@ -102,19 +102,87 @@ class Mtcnn(nn.Module):
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
 
 
-def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Each box of a 1 x 3 x H x W image cut out (black beyond the image's edges) and resized to size x size by
-    area averaging, as the networks were trained."""
+# At most this many input pixels are made float at once (a 12000 x 12000 photo as float would be 1.7 GB): a larger
+# region is resized a band of rows at a time, to the same result.
+FLOAT_PIXELS = 1 << 23
+# P-Net searches a large pyramid level in tiles of this many pixels a side (plus its window's overlap): its first
+# layers' activations on a whole 7200 x 7200 level would need gigabytes.
+PNET_TILE = 1024
+
+
+def area_resize(
+    image: torch.Tensor,
+    size: tuple[int, int],
+    box: tuple[int, int, int, int] | None = None,
+    float_pixels: int = FLOAT_PIXELS,
+) -> torch.Tensor:
+    """The `box` (x1, y1, x2, y2 in pixels; default: all) of a 3 x H x W image of any dtype, black beyond the
+    image's edges, resized to `size` (height, width) by area averaging: 3 x height x width float, as
+    `F.interpolate(mode="area")` gives. A box of more than `float_pixels` pixels is resized a band of rows at a
+    time, to the same result, so a large photo is never float as a whole.
+    """
     height, width = image.shape[-2:]
+    x1, y1, x2, y2 = box or (0, 0, width, height)
+    box_height, box_width = y2 - y1, x2 - x1
+    # Output row i averages input rows [starts[i], ends[i]) of the box: adaptive average pooling's windows.
+    index = torch.arange(size[0] + 1)
+    starts, ends = index[:-1] * box_height // size[0], -(-index[1:] * box_height // size[0])
+    output_rows = max(1, min(size[0], float_pixels // box_width * size[0] // box_height))
+    bands = []
+    for first in range(0, size[0], output_rows):
+        last = min(first + output_rows, size[0])
+        top, bottom = y1 + int(starts[first]), y1 + int(ends[last - 1])
+        region = image.new_zeros((3, bottom - top, box_width), dtype=torch.float32)
+        inside_top, inside_bottom, left, right = max(top, 0), min(bottom, height), max(x1, 0), min(x2, width)
+        if inside_bottom > inside_top and right > left:
+            region[:, inside_top - top : inside_bottom - top, left - x1 : right - x1] = image[
+                :, inside_top:inside_bottom, left:right
+            ]
+        if last - first == size[0]:
+            bands.append(F.interpolate(region[None], size=size, mode="area")[0])
+            continue
+        # A band: its columns averaged as a whole, its rows over the whole box's windows (sums of a running sum).
+        columns = F.interpolate(region[None], size=(bottom - top, size[1]), mode="area")[0]
+        del region
+        sums = F.pad(columns.cumsum(1), (0, 0, 1, 0))
+        del columns
+        band_starts, band_ends = starts[first:last] + y1 - top, ends[first:last] + y1 - top
+        bands.append(((sums[:, band_ends] - sums[:, band_starts]) / (band_ends - band_starts)[:, None]).float())
+    return torch.cat(bands, 1)
+
+
+def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each box of a 3 x H x W image (any dtype) cut out, black beyond the image's edges, and resized to size x
+    size by area averaging, as the networks were trained: N x 3 x size x size float."""
     crops = []
     for x1, y1, x2, y2 in boxes.round().int().tolist():
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-        region = image.new_zeros(1, 3, y2 - y1, x2 - x1)
-        left, top, right, bottom = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-        if right > left and bottom > top:
-            region[..., top - y1 : bottom - y1, left - x1 : right - x1] = image[..., top:bottom, left:right]
-        crops.append(F.interpolate(region, size=(size, size), mode="area"))
-    return torch.cat(crops) if crops else image.new_zeros(0, 3, size, size)
+        crops.append(area_resize(image, (size, size), (x1, y1, max(x2, x1 + 1), max(y2, y1 + 1))))
+    return torch.stack(crops) if crops else torch.zeros(0, 3, size, size, device=image.device)
+
+
+def pnet_candidates(
+    pnet: PNet, level: torch.Tensor, threshold: float, tile: int = PNET_TILE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output cells of P-Net on a 3 x H x W pyramid level in [0, 255] whose face probability reaches
+    `threshold`: their (column, row) indices (N x 2), probabilities (N) and box offsets (N x 4), row by row.
+
+    The level is normalised and searched tile by tile (`tile` even): tiles start at even pixels and overlap by the
+    window less its stride, so every cell is computed once, with the value it has on the whole level.
+    """
+    height, width = level.shape[-2:]
+    overlap = PNET_SIZE - 2
+    cells, scores, offsets = [], [], []
+    for top in range(0, max(height - overlap, 1), tile):
+        for left in range(0, max(width - overlap, 1), tile):
+            part = level[None, :, top : top + tile + overlap, left : left + tile + overlap]
+            probability, offset = pnet(normalise(part))
+            rows, columns = torch.nonzero(probability[0] >= threshold, as_tuple=True)
+            cells.append(torch.stack([columns + left // 2, rows + top // 2], 1))
+            scores.append(probability[0, rows, columns])
+            offsets.append(offset[0, :, rows, columns].T)
+    cells, scores, offsets = torch.cat(cells), torch.cat(scores), torch.cat(offsets)
+    order = (cells[:, 1] * width + cells[:, 0]).argsort()  # as on the whole level: row by row
+    return cells[order], scores[order], offsets[order]
 
 
 def non_max_suppression(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, by_min: bool = False):
@@ -147,4 +215,5 @@ def squared(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([centres - half, centres + half], 1)
 
 
-__all__ = ["KEYPOINT_NAMES", "Mtcnn", "ONet", "PNet", "RNet", "crop_boxes", "non_max_suppression", "regress", "squared"]
+__all__ = ["KEYPOINT_NAMES", "Mtcnn", "ONet", "PNet", "RNet", "area_resize", "crop_boxes",
+           "non_max_suppression", "pnet_candidates", "regress", "squared"]  # fmt: skip

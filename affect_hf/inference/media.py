@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..data.pictures import MAX_PIXELS, read_picture
+from ..data.pictures import MAX_PIXELS, read_picture, rgb_tensor
 from ..faces.detection import as_image_tensor
 from ..files import walk_files
 
@@ -36,6 +36,11 @@ class Frame:
     time: float | None
     image: torch.Tensor  # 3 x H x W uint8 RGB
     item: int = 0  # the input it comes from: its position in the list `expand_inputs` gave
+
+
+# Frames decoded ahead of the model, and a batch of them, hold at most about this many pixels (200 MB), whatever
+# the batch size: a folder of 100-megapixel photos is analysed one at a time. A larger picture goes alone.
+BATCH_PIXELS = 1 << 26
 
 
 @dataclass
@@ -99,7 +104,7 @@ def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor |
         rgb = read_picture(path, max_pixels)
     except (PIL.UnidentifiedImageError, ValueError):
         return None
-    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
+    return rgb_tensor(rgb)
 
 
 def video_frames(
@@ -235,6 +240,10 @@ def iter_frames(
 _END = object()
 
 
+def frame_pixels(item: object) -> int:
+    return item.image.shape[-2] * item.image.shape[-1] if isinstance(item, Frame) else 0
+
+
 def prefetched_frames(
     items: list[Path | Picture],
     every_n_frames: int,
@@ -247,9 +256,15 @@ def prefetched_frames(
     """`iter_frames` run in a background thread, at most `max_queued` frames ahead of the consumer."""
     frames: queue.Queue = queue.Queue(maxsize=max_queued)
     stop = threading.Event()
+    queued_pixels, taken = [0], threading.Condition()
 
     def hand_over(item) -> None:
-        """Put `item` in the queue unless the consumer has gone (then drop it: nobody will read it)."""
+        """Put `item` in the queue unless the consumer has gone (then drop it: nobody will read it). A frame waits
+        while the queue holds other frames and it would bring the queue beyond `BATCH_PIXELS`."""
+        with taken:
+            while not stop.is_set() and queued_pixels[0] and queued_pixels[0] + frame_pixels(item) > BATCH_PIXELS:
+                taken.wait(0.1)
+            queued_pixels[0] += frame_pixels(item)
         while not stop.is_set():
             try:
                 frames.put(item, timeout=0.1)
@@ -270,6 +285,9 @@ def prefetched_frames(
     try:
         while True:
             item = frames.get()
+            with taken:
+                queued_pixels[0] -= frame_pixels(item)
+                taken.notify()
             if item is _END:
                 return
             if isinstance(item, BaseException):

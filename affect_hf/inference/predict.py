@@ -25,7 +25,7 @@ from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
 from ..models import is_local_path, weights_sha256
 from .analysis import FaceAffectAnalyzer
-from .media import Frame, MediaInput, MediaReport, expand_inputs, prefetched_frames
+from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
 from .table import TableWriter, check_output, check_table_path, read_table
@@ -126,24 +126,30 @@ class AnalysisRun:
         try:
             batch: list[Frame] = []
             for frame in _with_end(frames):
+                # A batch holds `batch_size` frames, or fewer large pictures (`BATCH_PIXELS`; one larger goes alone).
+                if batch and (frame is None or sum(map(frame_pixels, [*batch, frame])) > BATCH_PIXELS):
+                    yield self._analysed(batch, bar)
+                    batch = []
                 if frame is not None:
                     batch.append(frame)
-                if batch and (frame is None or len(batch) == self.batch_size):
-                    results = self.analyzer.analyze_images(
-                        [item.image for item in batch], video=[item.time is not None for item in batch]
-                    )
-                    pairs = zip(batch, results, strict=True)
-                    analysed = [(item, self.identities.assign(item, faces)) for item, faces in pairs]
-                    self.frames += len(batch)
-                    self.faces += sum(len(faces) for _, faces in analysed)
-                    self.frames_without_face += sum(not faces for _, faces in analysed)
-                    bar.update(len(batch))
-                    bar.set_postfix(faces=self.faces)
-                    batch = []
-                    yield analysed
+                    if len(batch) == self.batch_size:
+                        yield self._analysed(batch, bar)
+                        batch = []
         finally:
             bar.close()
             frames.close()
+
+    def _analysed(self, batch: list[Frame], bar: tqdm) -> Batch:
+        results = self.analyzer.analyze_images(
+            [item.image for item in batch], video=[item.time is not None for item in batch]
+        )
+        analysed = [(item, self.identities.assign(item, faces)) for item, faces in zip(batch, results, strict=True)]
+        self.frames += len(batch)
+        self.faces += sum(len(faces) for _, faces in analysed)
+        self.frames_without_face += sum(not faces for _, faces in analysed)
+        bar.update(len(batch))
+        bar.set_postfix(faces=self.faces)
+        return analysed
 
     def fingerprint(self) -> dict[str, Any]:
         """What names this run for a resume: the inputs (path, size, modification time), the model, the options
