@@ -1,4 +1,5 @@
-"""Face detection: a small interface (images -> boxes, scores, landmarks) and its offline default, BlazeFace."""
+"""Face detection: a small interface (images -> boxes, scores, landmarks) and its offline backends, weights shipped:
+MTCNN for pictures, BlazeFace (with O-Net's points) for video frames, and `auto`, which picks between them."""
 
 import math
 from collections.abc import Sequence
