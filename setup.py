@@ -34,7 +34,7 @@ setup(
         "huggingface_hub>=1.0",
         "safetensors>=0.4",
         "numpy>=1.24",
-        "pillow>=10.0",
+        "pillow>=10.1",
         "pyyaml>=6.0",
         # one writer per output: an advisory lock the kernel frees when its holder dies (also a datasets dependency)
         "filelock>=3.12",

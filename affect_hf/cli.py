@@ -244,13 +244,18 @@ def predict_command(args: argparse.Namespace) -> None:
         backend=args.backend, max_seconds=args.max_seconds, max_pixels=args.max_pixels, resume=args.resume,
         overwrite=args.overwrite,
     )  # fmt: skip
+    if not summary.is_main_process:  # the first process of the launch reports for all of them
+        if summary.interrupted:
+            raise CommandFailed(130, f"interrupted: this process's rows so far are in {summary.output}")
+        return
     media = summary.media
     if summary.resumed_inputs:
         print(f"resumed: {summary.resumed_inputs} of {summary.inputs} inputs were finished before")
+    processes = f", {summary.processes} processes" if summary.processes > 1 else ""
     print(
         f"{summary.output}: {summary.rows} rows, {summary.frames} frames ({media.images} pictures, {media.videos} "
         f"videos), {summary.faces} faces, {summary.frames_without_face} frames without a face, "
-        f"{summary.frames_per_second:.3g} frames/s"
+        f"{summary.frames_per_second:.3g} frames/s{processes}"
     )
     for path, reason in media.skipped:
         print(f"skipped {path}: {reason}")

@@ -97,9 +97,9 @@ def test_analyze_takes_pictures_in_memory_and_a_loaded_analyzer(emma_folder, med
     from_file = pd.read_parquet(cli_table).iloc[0]
     for column in ("valence", "arousal", "box_x1", "right_eye_x", "expression_Happiness"):
         assert table[column].tolist() == pytest.approx([from_file[column]] * 2, abs=1e-6)
-    (tmp_path / "notes.txt").write_text("no picture")
-    with pytest.raises(ValueError, match="nothing could be read from the inputs .*notes.txt: neither an image"):
-        affect_hf.analyze(tmp_path / "notes.txt", analyzer)
+    (tmp_path / "notes.md").write_text("no picture")
+    with pytest.raises(ValueError, match="nothing could be read from the inputs .*notes.md: neither an image"):
+        affect_hf.analyze(tmp_path / "notes.md", analyzer)
 
 
 def test_the_columns_are_the_shared_contract(cli_table):

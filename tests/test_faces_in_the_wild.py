@@ -34,6 +34,7 @@ from affect_hf.faces import (
 )
 from affect_hf.faces.pose import MEAN_FACE, _rotation, head_pose
 from affect_hf.hub import save_model_folder
+from affect_hf.inference import FaceAffectAnalyzer
 from affect_hf.inference.overlay import label_font
 from tests.runs import REPO_ROOT
 from tests.test_modeling import tiny_emma_with_visible_heads
@@ -97,6 +98,11 @@ def test_head_pose_is_recovered_and_follows_mirrors_and_turns(detector):
     for angles in ((30.0, 0.0, 0.0), (-45.0, 10.0, 5.0), (0.0, -20.0, 30.0)):
         points = 1.3 * (model @ _rotation(*angles).T)[:, :2] + (200.0, 150.0)
         assert head_pose(points) == pytest.approx(angles, abs=0.5)
+        # The picture turned by 30 degrees counterclockwise: only roll changes, by 30 (also for a turned head).
+        turn = math.radians(30.0)
+        screen = np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]])  # y points down
+        turned = (points - (200.0, 150.0)) @ screen.T + (200.0, 150.0)
+        assert head_pose(turned) == pytest.approx((angles[0], angles[1], angles[2] + 30.0), abs=0.5)
     # A real frontal face; its mirror flips yaw and roll; turning the picture turns roll by as much.
     picture = PIL.Image.fromarray(astronaut())
     poses = {}
@@ -202,6 +208,9 @@ def test_large_levels_and_boxes_are_resized_in_bands_and_searched_in_tiles_as_a_
     box = (-60, 1000, 140, 1180)  # its left 60 and bottom 80 pixels lie outside
     expected = torch.nn.functional.interpolate(padded[None, :, 1100:1280, 40:240], size=(48, 48), mode="area")[0]
     torch.testing.assert_close(mtcnn.area_resize(photo, (48, 48), box), expected)
+    # Bands work on the photo's own device (meta stands in for a GPU here: no CPU tensor may meet it).
+    on_device = mtcnn.area_resize(photo.to("meta"), (640, 873), float_pixels=50_000)
+    assert on_device.device.type == "meta" and on_device.shape == (3, 640, 873)
     # P-Net tile by tile finds the whole level's candidate cells, with their values, also at odd sizes.
     pnet = MtcnnDetector().network.pnet
     level = whole[:, :601, :871]
@@ -243,3 +252,21 @@ def test_a_detector_without_its_weights_says_how_to_make_them(tmp_path):
         load_face_detector("mtcnn", weights=tmp_path / "mtcnn.safetensors")
     with pytest.raises(FileNotFoundError, match="scripts/convert_blazeface.py"):
         load_face_detector("blazeface", weights=tmp_path / "blazeface_short_range.safetensors")
+
+
+class ImagesOnlyDetector:
+    """A user's detector written to the first interface: images in, no `video` argument."""
+
+    def __init__(self):
+        self.inner = BlazeFaceDetector()
+        self.keypoint_names = self.inner.keypoint_names
+
+    def __call__(self, images):
+        return self.inner(images)
+
+
+def test_a_detector_that_takes_only_images_still_fits(emma_folder):
+    analyzer = FaceAffectAnalyzer.from_pretrained(emma_folder, device="cpu", detector=ImagesOnlyDetector())
+    [faces] = analyzer.analyze_images([astronaut()], video=[False])
+    assert len(faces) == 1
+    assert len(affect_hf.analyze(astronaut(), analyzer)) == 1

@@ -45,13 +45,15 @@ def inputs(tmp_path_factory) -> list[Path]:
 
 
 def assert_same_table(table: pd.DataFrame, expected: pd.DataFrame) -> None:
-    """The same rows (source, frame, face id) with the same values, whatever the batches were."""
+    """The same rows (source, frame, face id) with the same values, whatever the batches were (a batch's make-up
+    moves the detector's float rounding; the pose fit turns 1e-5 px of landmark into up to 2e-4 degrees)."""
     table = table.sort_values(KEY, ignore_index=True)
     expected = expected.sort_values(KEY, ignore_index=True)
     assert list(table.columns) == list(expected.columns) and len(table) == len(expected)
     for column in table.columns:
         if pd.api.types.is_float_dtype(expected[column]):
-            np.testing.assert_allclose(table[column], expected[column], atol=1e-4, equal_nan=True, err_msg=column)
+            tolerance = 1e-3 if column in ("yaw", "pitch", "roll") else 1e-4
+            np.testing.assert_allclose(table[column], expected[column], atol=tolerance, equal_nan=True, err_msg=column)
         else:
             assert (table[column].astype(str) == expected[column].astype(str)).all(), column
 
@@ -176,6 +178,22 @@ def test_the_writer_keeps_the_finished_inputs_rows_after_a_crash(tmp_path, name)
     (folder / ".gitkeep").write_text("")
     TableWriter(folder, schema).discard()
     assert [path.name for path in folder.iterdir()] == [".gitkeep"]
+
+
+def test_a_kill_before_the_first_input_ends_leaves_nothing_to_keep(tmp_path):
+    """The first rows of a folder replace its empty part under the same name before any record counts them."""
+    schema = pa.schema([("source", pa.string()), ("frame", pa.int64())])
+    writer = TableWriter(tmp_path / "t.parquet", schema, {"run": 1}, rows_per_part=2, flush_seconds=0)
+    writer.write([{"source": "a", "frame": frame} for frame in range(3)])
+    writer.flush()  # a part of 3 rows on disk; the record still lists the empty one: no input finished
+    writer.lock.release()  # the kill
+    assert len(read_table(tmp_path / "t.parquet")) == 3
+    resumed = TableWriter(tmp_path / "t.parquet", schema, {"run": 1}, resume=True)
+    assert resumed.inputs_done == 0 and len(read_table(tmp_path / "t.parquet")) == 0  # nothing kept twice
+    resumed.write([{"source": "a", "frame": frame} for frame in range(3)])
+    resumed.finish_inputs(1)
+    resumed.close()
+    assert list(read_table(tmp_path / "t.parquet")["frame"]) == [0, 1, 2]
 
 
 def test_the_lock_names_its_holder_and_is_free_after_release(tmp_path):

@@ -146,7 +146,7 @@ def area_resize(
         del region
         sums = F.pad(columns.cumsum(1), (0, 0, 1, 0))
         del columns
-        band_starts, band_ends = starts[first:last] + y1 - top, ends[first:last] + y1 - top
+        band_starts, band_ends = ((index[first:last] + y1 - top).to(sums.device) for index in (starts, ends))
         bands.append(((sums[:, band_ends] - sums[:, band_starts]) / (band_ends - band_starts)[:, None]).float())
     return torch.cat(bands, 1)
 

@@ -38,7 +38,8 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Camera-frame rotation of the mean face: pitch about x, yaw about y, then roll in the image plane."""
     # In this frame (y down, z away), a positive yaw (nose to the image's right) is a rotation about -y, a positive
     # pitch (looking up) one about -x, and a counterclockwise roll on screen one about -z.
-    return Rotation.from_euler("zyx", [-roll, -yaw, -pitch], degrees=True).as_matrix()
+    # Intrinsic Z-Y-X: R = Rz(roll) Ry(yaw) Rx(pitch), so that turning the picture changes roll alone.
+    return Rotation.from_euler("ZYX", [-roll, -yaw, -pitch], degrees=True).as_matrix()
 
 
 def _residuals(parameters: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ pictures, folders and videos (`affect_hf.analyze`, `affect-hf predict`) feed it 
 `FaceAffectAnalyzer.analyze_images`, which gives one `FaceResult` per face.
 """
 
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,11 @@ class FaceAffectAnalyzer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.detector, self.batch_size = model, detector, batch_size
+        # A detector written before `video` existed takes the images alone: it is called so.
+        parameters = inspect.signature(detector).parameters
+        self.detector_takes_video = "video" in parameters or any(
+            parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+        )
         self.source: str | None = None  # the folder or Hub id it was loaded from (`from_pretrained`)
         self.backend = "torch" if isinstance(model, torch.nn.Module) else type(model).__name__
         self.config = model.config
@@ -94,7 +100,7 @@ class FaceAffectAnalyzer:
         `video` says which images are video frames: the default detector (`auto`) finds faces in those faster.
         """
         tensors = [as_image_tensor(image) for image in images]
-        detections = self.detector(tensors, video=video)
+        detections = self.detector(tensors, video=video) if self.detector_takes_video else self.detector(tensors)
         crops = [
             align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
             for tensor, faces in zip(tensors, detections, strict=True)

@@ -38,8 +38,11 @@ class Frame:
     item: int = 0  # the input it comes from: its position in the list `expand_inputs` gave
 
 
-# Frames decoded ahead of the model, and a batch of them, hold at most about this many pixels (200 MB), whatever
-# the batch size: a folder of 100-megapixel photos is analysed one at a time. A larger picture goes alone.
+# An input with this suffix is a list of the paths to analyse, one per line.
+PATH_LIST_SUFFIX = ".txt"
+# A batch of frames, and the frames queued ahead of it (besides the one being decoded), hold at most about this
+# many pixels (200 MB), whatever the batch size: a folder of 100-megapixel photos is analysed one at a time. A
+# larger picture goes alone.
 BATCH_PIXELS = 1 << 26
 
 
@@ -72,9 +75,10 @@ def expand_inputs(
     inputs: MediaInput | Sequence[MediaInput], exclude: tuple[str | os.PathLike, ...] = ()
 ) -> list[Path | Picture]:
     """What there is to read, in the order given: files as they are, folders walked (sorted, hidden entries left
-    out, symlinked folders followed once each), pictures in memory (PIL images, H x W x 3 uint8 arrays,
-    3 x H x W uint8 tensors) named `<image N>` by their position among `inputs`. `exclude` (this run's own
-    outputs, files or folders) is left out; a path that does not exist, or nothing at all to read, is an error."""
+    out, symlinked folders followed once each), `.txt` files as lists of paths (`read_path_list`), pictures in
+    memory (PIL images, H x W x 3 uint8 arrays, 3 x H x W uint8 tensors) named `<image N>` by their position among
+    `inputs`. `exclude` (this run's own outputs, files or folders) is left out; a path that does not exist, or
+    nothing at all to read, is an error."""
     if isinstance(inputs, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
         inputs = [inputs]
     excluded = [Path(path).absolute() for path in exclude]
@@ -84,17 +88,39 @@ def expand_inputs(
             items.append(Picture(f"<image {position}>", as_image_tensor(item)))
             continue
         path = Path(item)
-        if path.is_dir():
-            files = list(walk_files(path))
-        elif path.is_file():
-            files = [path]
+        if path.is_file() and path.suffix.lower() == PATH_LIST_SUFFIX:
+            files = [file for listed in read_path_list(path) for file in _files_of(listed)]
         else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            files = _files_of(path)
         items += [file for file in files if not any(file.absolute().is_relative_to(out) for out in excluded)]
     if not items:
         named = ", ".join(str(item) for item in inputs if isinstance(item, (str, os.PathLike)))
         raise FileNotFoundError(f"no file to read in {named or 'the inputs'}")
     return items
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        return list(walk_files(path))
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"no such file or folder: {path}")
+
+
+def read_path_list(path: Path) -> list[Path]:
+    """The files and folders a `.txt` list names, one per line (relative to the list's folder; blank lines and
+    `#` comments skipped); a line naming nothing is an error naming the list and the line."""
+    listed = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        named = Path(entry).expanduser()
+        named = named if named.is_absolute() else Path(os.path.normpath(path.parent / named))
+        if not named.exists():
+            raise FileNotFoundError(f"{path}:{number}: no such file or folder: {entry}")
+        listed.append(named)
+    return listed
 
 
 def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor | None:
@@ -104,7 +130,8 @@ def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor |
         rgb = read_picture(path, max_pixels)
     except (PIL.UnidentifiedImageError, ValueError):
         return None
-    return rgb_tensor(rgb)
+    with rgb:  # closed once copied (a multi-frame file, e.g. a camera's MPO, keeps its file open until then)
+        return rgb_tensor(rgb)
 
 
 def video_frames(

@@ -25,10 +25,11 @@ from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
 from ..models import is_local_path, weights_sha256
 from .analysis import FaceAffectAnalyzer
+from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
 from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
-from .table import TableWriter, check_output, check_table_path, read_table
+from .table import TableWriter, check_output, check_table_path, clear_table_folder, read_table, shard_records
 from .tracking import FaceTracker
 
 
@@ -247,6 +248,8 @@ class PredictionSummary:
     interrupted: bool = False
     media: MediaReport = field(default_factory=MediaReport)
     plots: list[Path] = field(default_factory=list)
+    processes: int = 1  # of the launch; the first process's summary covers all of them
+    is_main_process: bool = True
 
     @property
     def frames_per_second(self) -> float:
@@ -273,8 +276,16 @@ def predict(
     an unfinished one is redone) or `overwrite`. Returns what was done (`summary.interrupted` after Ctrl-C). This
     run's own outputs are never read back as inputs. `plots_dir` gets `affect_hf.plots.save_plots` of the whole
     table; `overlay` the first video with the faces drawn (kept as it is when a resumed run finds it written).
+
+    Under a launch of several processes (`accelerate launch -m affect_hf predict`), or to resume a folder such a
+    launch wrote, the files are shared out among the processes (`inference.corpus`); the first process's summary
+    covers them all.
     """
     check_table_path(output)
+    launch = Launch.current(options.get("device", "auto"))
+    if launch.processes > 1 or any(shard is not None for shard in shard_records(output)):
+        return _predict_corpus(paths, model, output, launch, plots_dir, overlay, progress, resume, overwrite,
+                               rows_per_part, flush_seconds, **options)  # fmt: skip
     locks: list[OutputLock] = []
     try:
         for path in (output, overlay):  # refused at once, before the model is loaded
@@ -292,8 +303,118 @@ def predict(
             lock.release()
 
 
-def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay) -> PredictionSummary:
-    """The run's rows into the writer, input after input, batch by batch; the overlay and the plots."""
+def _predict_corpus(
+    paths,
+    model,
+    output,
+    launch: Launch,
+    plots_dir,
+    overlay,
+    progress: bool,
+    resume: bool,
+    overwrite: bool,
+    rows_per_part: int,
+    flush_seconds: float,
+    **options,
+) -> PredictionSummary:
+    """`predict` as one process of a launch: the first process locks and checks the output, then hands out the plan
+    (`corpus.plan_corpus`); each process writes its shard; the first waits for every shard and sums them up."""
+    check_corpus_output(output, launch.processes)
+    if overlay is not None and launch.processes > 1:
+        raise ValueError("--overlay draws the first video of a run: run it in one process")
+    output = Path(output)
+    lock = None
+    try:
+        refusal = None
+        if launch.is_main:
+            try:
+                lock = OutputLock(output).acquire()
+                check_output(output, resume, overwrite)
+            except (OSError, ValueError) as error:
+                refusal = error
+        refusal = launch.broadcast(refusal)
+        if refusal is not None:
+            raise refusal
+        own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
+        run = AnalysisRun(paths, model, progress=False, exclude=own_outputs, **{**options, "device": launch.device})
+        fingerprint = run.fingerprint()
+        plan = None
+        if launch.is_main:
+            try:
+                if overwrite and output.is_dir():
+                    clear_table_folder(output)
+                sizes = [item.stat().st_size if isinstance(item, Path) else 0 for item in run.items]
+                plan = plan_corpus(output, run.schema, fingerprint, sizes, launch.processes, resume)
+            except (OSError, ValueError) as error:
+                plan = error
+        plan = launch.broadcast(plan)
+        if isinstance(plan, BaseException):
+            raise plan
+        summary = PredictionSummary(output, inputs=len(run.items), resumed_inputs=plan.finished, media=run.report,
+                                    processes=launch.processes, is_main_process=launch.is_main)  # fmt: skip
+        shards = CorpusProgress(output, [plan.shard(rank) for rank, given in enumerate(plan.inputs) if given])
+        bar = tqdm(total=sum(map(len, plan.inputs)), unit="file", desc="analyse", dynamic_ncols=True,
+                   disable=not (progress and launch.is_main))  # fmt: skip
+        mine = plan.inputs[launch.rank]
+        if mine:
+            run.items = [run.items[position] for position in mine]
+            writer = TableWriter(output, run.schema, fingerprint, rows_per_part=rows_per_part,
+                                 flush_seconds=flush_seconds, lock=lock or False, shard=plan.shard(launch.rank),
+                                 inputs=mine)  # fmt: skip
+            polled = [0.0]
+
+            def show_progress() -> None:  # the corpus totals, read from the folder every second or so
+                if launch.is_main and clock.monotonic() - polled[0] > 1.0:
+                    polled[0] = clock.monotonic()
+                    bar.update(sum(record["inputs_done"] for record in shards.records().values()) - bar.n)
+
+            own = _write_table(run, writer, None, None, on_batch=show_progress)
+            summary.interrupted = own.interrupted
+        if not launch.is_main:
+            bar.close()
+            return summary
+        started = clock.perf_counter()
+        stats = [] if summary.interrupted else shards.wait(lambda done: bar.update(done - bar.n))
+        bar.close()
+        summary.seconds = clock.perf_counter() - started + (own.seconds if mine else 0.0)
+        _sum_shards(summary, stats)
+        if not summary.frames and not plan.finished and not summary.interrupted:
+            clear_table_folder(output)
+            if not any(output.iterdir()):
+                output.rmdir()
+            reasons = "; ".join(f"{path}: {reason}" for path, reason in summary.media.skipped)
+            raise ValueError(f"nothing could be read from the inputs ({reasons or 'no frame'}); no table was written")
+        if plots_dir is not None and not summary.interrupted:
+            from ..plots import save_plots
+
+            summary.plots = save_plots(read_table(output), plots_dir)
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sum_shards(summary: PredictionSummary, stats: list[dict[str, Any]]) -> None:
+    """The launch's totals, from what each shard recorded."""
+    media = MediaReport()
+    for shard in stats:
+        summary.rows += shard.get("rows", 0)
+        summary.frames += shard.get("frames", 0)
+        summary.faces += shard.get("faces", 0)
+        summary.frames_without_face += shard.get("frames_without_face", 0)
+        summary.interrupted |= bool(shard.get("interrupted"))
+        media.images += shard.get("images", 0)
+        media.videos += shard.get("videos", 0)
+        media.skipped += [tuple(entry) for entry in shard.get("skipped", [])]
+        media.corrupt_packets.update(shard.get("corrupt_packets", {}))
+        media.cut_at_seconds.update(shard.get("cut_at_seconds", {}))
+        media.cut_short.update({path: tuple(times) for path, times in shard.get("cut_short", {}).items()})
+    summary.media = media
+
+
+def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on_batch=None) -> PredictionSummary:
+    """The run's rows into the writer, input after input, batch by batch; the overlay and the plots. A shard of a
+    launch records what it counted, and is kept also when it read nothing (the first process waits for it)."""
     run.start = writer.inputs_done
     summary = PredictionSummary(writer.path, inputs=len(run.items), resumed_inputs=run.start, media=run.report)
     if run.start:
@@ -317,6 +438,8 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay) ->
                 if overlay_writer is not None:
                     overlay_writer.add(frame, faces, run.report.video_rates.get(frame.source), run.every_n_frames)
             writer.flush()
+            if on_batch is not None:
+                on_batch()
         writer.finish_inputs(len(run.items))
         complete = True
     except KeyboardInterrupt:
@@ -328,9 +451,18 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay) ->
     finally:
         summary.seconds = clock.perf_counter() - started
         summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+        if writer.shard is not None:
+            report = run.report
+            writer.stats = {
+                "rows": summary.rows, "frames": run.frames, "faces": run.faces,
+                "frames_without_face": run.frames_without_face, "images": report.images, "videos": report.videos,
+                "skipped": report.skipped, "interrupted": summary.interrupted,
+                "corrupt_packets": report.corrupt_packets, "cut_at_seconds": report.cut_at_seconds,
+                "cut_short": report.cut_short,
+            }  # fmt: skip
         try:
             try:  # the rows first: whatever happens next, they are on disk
-                if run.frames or writer.rows:
+                if run.frames or writer.rows or writer.shard is not None:
                     writer.close(complete=complete)
                 else:  # nothing was read: no table is left behind
                     writer.discard()

@@ -12,12 +12,17 @@ CSV, `.progress.json` inside a folder; readers skip hidden files) names how many
 their rows end. `resume=True` keeps those rows, cuts away the rest (the rows of an input that was not finished)
 and continues with the next input; an output that exists is otherwise refused unless `overwrite=True`. A lock
 (`files.OutputLock`) keeps a second run out while one writes.
+
+A run of several processes (`inference.corpus`) writes one *shard* per process into the folder: its parts are
+`part-<shard>-000000.parquet`, ..., its progress record `.progress-<shard>.json`, which also lists the inputs the
+shard was given. The folder still reads as one table.
 """
 
 import csv
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from ..files import OutputLock, follow_umask, write_text_atomically
 CSV_SUFFIX = ".csv"
 PARQUET_SUFFIX = ".parquet"
 PART_NAME = "part-{number:06d}.parquet"
+SHARD_PART_NAME = "part-{shard}-{number:06d}.parquet"
 PROGRESS_FORMAT = 1
 
 
@@ -52,9 +58,29 @@ def check_table_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def progress_path(path: str | os.PathLike) -> Path:
+def progress_path(path: str | os.PathLike, shard: str | None = None) -> Path:
     path = Path(path)
+    if shard is not None:
+        return path / f".progress-{shard}.json"
     return path.with_name(f".{path.name}.progress.json") if is_csv_output(path) else path / ".progress.json"
+
+
+def shard_records(path: str | os.PathLike) -> dict[str | None, dict[str, Any]]:
+    """Every progress record of a Parquet folder, by shard (None: a one-process run's)."""
+    path = Path(path)
+    records = {}
+    for record in sorted(path.glob(".progress*.json")) if path.is_dir() else []:
+        match = re.fullmatch(r"\.progress(?:-(.+))?\.json", record.name)
+        if match:
+            records[match.group(1)] = read_record(record)
+    return records
+
+
+def clear_table_folder(path: Path) -> None:
+    """A table folder's own files removed (its parts and progress records), before it is written anew."""
+    for entry in path.iterdir():
+        if _is_part(entry.name) or re.fullmatch(r"\.progress(-.+)?\.json", entry.name):
+            entry.unlink()
 
 
 def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -70,7 +96,7 @@ def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> dict
         return None
     progress = read_progress(path)
     if resume:
-        if progress is None:
+        if progress is None and not (not is_csv_output(path) and shard_records(path)):
             raise ValueError(
                 f"{path} was not written by a resumable run (it has no progress record): replace it with "
                 "--overwrite, or choose another output"
@@ -97,8 +123,11 @@ def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> dict
 def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
     """The progress record of an output, None when there is none (not written by a resumable run)."""
     record = progress_path(path)
-    if not record.is_file():
-        return None
+    return read_record(record) if record.is_file() else None
+
+
+def read_record(record: Path) -> dict[str, Any]:
+    """A progress record's contents; a file that is not one is a one-line error naming it."""
     try:
         return json.loads(record.read_text(encoding="utf-8"))
     except ValueError as error:
@@ -112,6 +141,11 @@ class TableWriter:
     `count` inputs have all their rows written), calls `flush()` after each batch and `close()` at the end.
     `inputs_done` is where a resumed run starts. `fingerprint` names the run (model, options, inputs): a resume
     with another is refused, naming what changed.
+
+    With `shard` (a Parquet folder only), the writer writes that shard of a run of several processes and `inputs`
+    are the positions, among all the run's inputs, of the ones it was given; the caller has checked the output
+    (`check_output`) and holds its lock, or `lock=False` says another process of the run does. `stats` (what
+    the caller counted) go into the progress record.
     """
 
     def __init__(
@@ -123,12 +157,18 @@ class TableWriter:
         overwrite: bool = False,
         rows_per_part: int = 8192,
         flush_seconds: float = 10.0,
-        lock: OutputLock | None = None,
+        lock: OutputLock | None | bool = None,
+        shard: str | None = None,
+        inputs: list[int] | None = None,
     ):
         self.path, self.schema = check_table_path(path), schema
         self.fingerprint = fingerprint or {}
         self.rows_per_part, self.flush_seconds = rows_per_part, flush_seconds
         self.csv = is_csv_output(self.path)
+        if shard is not None and (self.csv or not re.fullmatch(r"[0-9a-z-]+", shard)):
+            raise ValueError(f"{self.path}: a shard is a part of a Parquet folder, named by digits, letters and -")
+        self.shard, self.inputs = shard, inputs
+        self.stats: dict[str, Any] = {}
         # The lock a caller already holds (taken before its slow start) stays the caller's to release.
         self.own_lock = lock is None
         self.lock = OutputLock(self.path).acquire() if lock is None else lock
@@ -146,7 +186,11 @@ class TableWriter:
         self.boundaries: list[tuple[int, int, int]] = []
         self.complete = False
         self.last_flush = time.monotonic()
-        progress = check_output(self.path, resume, overwrite)
+        if self.shard is None:
+            progress = check_output(self.path, resume, overwrite)
+        else:
+            record = progress_path(self.path, self.shard)
+            progress = read_record(record) if resume and record.is_file() else None
         self._remove_leftovers()
         if progress is None:
             self._create()
@@ -172,10 +216,11 @@ class TableWriter:
                     _remove_tree(leftover)
             if self.path.is_dir():
                 for leftover in self.path.glob(".part-*"):
-                    leftover.unlink(missing_ok=True)
+                    if self._is_own_part(leftover.name.removeprefix(".").removesuffix(".tmp")):
+                        leftover.unlink(missing_ok=True)
 
     def _create(self) -> None:
-        progress_path(self.path).unlink(missing_ok=True)  # first: a kill while replacing leaves no stale record
+        self.record_path.unlink(missing_ok=True)  # first: a kill while replacing leaves no stale record
         if self.csv:
             header = io.StringIO()
             csv.writer(header).writerow(self.schema.names)
@@ -185,10 +230,8 @@ class TableWriter:
             follow_umask(self.path)
             self.parts: list[list] = []
         else:
-            if self.path.is_dir():  # replacing a table folder (`check_output` found only its own files)
-                for entry in self.path.iterdir():
-                    if _is_part(entry.name) or entry.name == progress_path(self.path).name:
-                        entry.unlink()
+            if self.path.is_dir() and self.shard is None:  # replacing a table (`check_output` found only its files)
+                clear_table_folder(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
             self.parts = []
             self._write_part([])  # the folder reads as a table (of no rows) from the start
@@ -216,6 +259,13 @@ class TableWriter:
         kept, total = [], 0
         for name, count in listed:
             if total + count <= self.rows:
+                # A part may hold more rows than its record says: the first rows replace a new folder's empty part
+                # under its name, and a kill can come before the record that counts them.
+                held = pq.read_metadata(self.path / name).num_rows
+                if held < count:
+                    raise ValueError(self._unlike_record(f"{name} has {held} rows, not {count}"))
+                if held > count:
+                    self._write_table(pq.read_table(self.path / name).slice(0, count), name)
                 kept.append([name, count])
             elif total < self.rows:  # the part where the finished rows end: its first rows stay
                 table = pq.read_table(self.path / name).slice(0, self.rows - total)
@@ -224,7 +274,7 @@ class TableWriter:
             total += count
         names = {name for name, _ in kept}
         for part in self.path.glob("part-*"):
-            if part.name not in names:
+            if part.name not in names and self._is_own_part(part.name):
                 part.unlink()
         self.parts = kept
 
@@ -289,7 +339,12 @@ class TableWriter:
         """A new part; the first rows replace the empty part a new folder starts with."""
         if self.parts and self.parts[-1][1] == 0:
             self.parts.pop()
-        name = PART_NAME.format(number=len(self.parts))
+        number = len(self.parts)
+        name = (
+            PART_NAME.format(number=number)
+            if self.shard is None
+            else SHARD_PART_NAME.format(shard=self.shard, number=number)
+        )
         self._write_table(pa.Table.from_pylist(rows, schema=self.schema), name)
         self.parts.append([name, len(rows)])
         self.last_flush = time.monotonic()
@@ -315,7 +370,21 @@ class TableWriter:
             record["bytes"] = size
         else:
             record["parts"] = self.parts
-        write_text_atomically(progress_path(self.path), json.dumps(record, indent=1) + "\n")
+        if self.shard is not None:
+            record["inputs"] = self.inputs
+        if self.stats:
+            record["stats"] = self.stats
+        write_text_atomically(self.record_path, json.dumps(record, indent=1) + "\n")
+
+    @property
+    def record_path(self) -> Path:
+        return progress_path(self.path, self.shard)
+
+    def _is_own_part(self, name: str) -> bool:
+        """Whether a part file name is this writer's (a shard's, or a one-process run's)."""
+        if self.shard is None:
+            return re.fullmatch(r"part-\d{6}\.parquet", name) is not None
+        return re.fullmatch(rf"part-{re.escape(self.shard)}-\d{{6}}\.parquet", name) is not None
 
     def close(self, complete: bool = True) -> Path:
         """Every row to disk and the progress recorded (`complete`: every input finished); the lock is released."""
@@ -323,7 +392,7 @@ class TableWriter:
             self.flush(force=True)
             if complete and not self.boundaries:
                 self.complete = True
-                self._record()
+            self._record()
         finally:
             if self.csv:
                 self.file.close()
@@ -334,13 +403,14 @@ class TableWriter:
         """Remove a new output that got no row (a run that read nothing leaves nothing behind); only the table's own
         files go (a folder is removed when nothing else is in it)."""
         try:
-            progress_path(self.path).unlink(missing_ok=True)
+            self.record_path.unlink(missing_ok=True)
             if self.csv:
                 self.file.close()
                 self.path.unlink(missing_ok=True)
             else:
                 for part in self.path.glob("part-*.parquet"):
-                    part.unlink()
+                    if self._is_own_part(part.name):
+                        part.unlink()
                 if not any(self.path.iterdir()):
                     self.path.rmdir()
         finally:
@@ -373,4 +443,5 @@ def read_table(path: str | os.PathLike):
     return pd.read_csv(path) if is_csv_output(path) else pd.read_parquet(path)
 
 
-__all__ = ["TableWriter", "check_table_path", "is_csv_output", "read_progress", "read_table"]
+__all__ = ["TableWriter", "check_table_path", "clear_table_folder", "is_csv_output", "read_progress", "read_record",
+           "read_table", "shard_records"]  # fmt: skip
