@@ -174,13 +174,17 @@ def model_arguments(
     parser: argparse.ArgumentParser, what: str = "a saved affect model folder or Hub id", repeat: bool = False
 ) -> None:
     """How every inference command names its model and where it runs (`affect_hf.models`)."""
-    from .models import BACKENDS, DEVICE_CHOICES
+    from .models import BACKENDS, DEVICE_CHOICES, DTYPE_CHOICES
 
     parser.add_argument("--model", required=True, action="append" if repeat else "store", help=what)
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     parser.add_argument(
         "--backend", default="torch", choices=BACKENDS,
         help="onnx, onnx-int8: run an `affect-hf export onnx` folder (--model, or its onnx/ subfolder) on the CPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        help="the model's precision; auto: bf16 where the device computes it natively, fp16 on older GPUs, else fp32",
     )  # fmt: skip
 
 
@@ -241,7 +245,8 @@ def predict_command(args: argparse.Namespace) -> None:
         every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
         detector=args.detector,
         smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
-        backend=args.backend, max_seconds=args.max_seconds, max_pixels=args.max_pixels, resume=args.resume,
+        backend=args.backend, dtype=args.dtype, max_seconds=args.max_seconds, max_pixels=args.max_pixels,
+        resume=args.resume,
         overwrite=args.overwrite,
     )  # fmt: skip
     if not summary.is_main_process:  # the first process of the launch reports for all of them
@@ -293,8 +298,8 @@ def app(args: argparse.Namespace) -> None:
     from .app import launch_app
 
     launch_app(args.model, port=args.port, device=args.device, max_video_seconds=args.max_video_seconds,
-               share=args.share, backend=args.backend, detector=args.detector, max_faces=args.max_faces,
-               min_face_score=args.min_face_score)  # fmt: skip
+               share=args.share, backend=args.backend, dtype=args.dtype, detector=args.detector,
+               max_faces=args.max_faces, min_face_score=args.min_face_score)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
@@ -318,7 +323,7 @@ def evaluate(args: argparse.Namespace) -> None:
         raise ValueError("--model at most twice (a side-by-side of two models)")
     results = evaluate_models(
         args.model, args.data_dir, args.track, args.output_dir, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device, backend=args.backend,
+        num_workers=args.num_workers, device=args.device, backend=args.backend, dtype=args.dtype,
     )  # fmt: skip
     for key, entry in results["models"].items():
         shown = {n: v for n, v in entry["scores"].items() if n.startswith(("P_", "f1_macro", "accuracy"))}
@@ -375,7 +380,7 @@ def predict_abaw(args: argparse.Namespace) -> None:
     written = predict_abaw(
         args.model, args.data_dir, args.track, args.output, batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, save_every=args.save_every, max_batches=args.max_batches, image_dir=args.image_dir,
-        test_list=args.test_list, backend=args.backend,
+        test_list=args.test_list, backend=args.backend, dtype=args.dtype,
     )  # fmt: skip
     print(written if written is not None else f"stopped early; run again to resume ({args.output}.partial.npz)")
 

@@ -30,6 +30,9 @@ from .files import file_sha256
 AFFECT_MODEL_TYPES = ("emma", "cotex", "dan")
 BACKENDS = ("torch", "onnx", "onnx-int8")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+# The precisions an affect model runs inference in (`--dtype`); `auto` picks one per device (`resolve_dtype`).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 # An `affect-hf export onnx` folder: the fp32 graph, the int8 graph, and the record of both (see `affect_hf.export`).
 ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_export.json"
@@ -71,6 +74,35 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 matmuls are emulated, about 3x slower than fp32 (measured)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The precision a model runs in on `device`. `auto`: bf16 where the device computes it natively (CUDA GPUs
+    from Ampere on, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, fp32 elsewhere (MPS included)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}: expected one of {', '.join(DTYPE_CHOICES)}")
+        return dtype
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> "bf16": the name `--dtype` takes."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
 def is_local_path(name_or_path: str | os.PathLike) -> bool:
     """Whether a model name means a local folder: it exists, or it cannot be a Hub id (`user/name`), e.g.
     `runs/emma/best_model`, `./model` or an absolute path. A missing local folder is then named as such."""
@@ -93,26 +125,34 @@ def check_model_location(name_or_path: str | os.PathLike) -> str:
 
 
 def load_affect_model(
-    name_or_path: str | os.PathLike, backend: str = "torch", device: str | torch.device = "auto", **hub_options: Any
+    name_or_path: str | os.PathLike,
+    backend: str = "torch",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    **hub_options: Any,
 ):
-    """An affect model (EMMA, CoTEX or DAN) ready for inference: eval mode, on `device`.
+    """An affect model (EMMA, CoTEX or DAN) ready for inference: eval mode, on `device`, in `dtype` (fp32, bf16,
+    fp16, or auto: `resolve_dtype`).
 
     The config is read first, so a folder of another kind fails with its type named before any weight is read.
     `backend="onnx"` / `"onnx-int8"` runs an `affect-hf export onnx` folder with ONNX Runtime on the CPU: the folder
     given, or the `onnx/` folder inside a model folder, whose weights must then be the ones exported.
-    `hub_options` go to `from_pretrained` (`revision`, `token`, `trust_remote_code`, `dtype` ...).
+    It runs fp32 only. `hub_options` go to `from_pretrained` (`revision`, `token`, `trust_remote_code` ...).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend != "torch" and str(device) not in ("auto", "cpu"):
         raise ValueError(f"the {backend} backend runs on the CPU, not on {str(device)!r}: use device cpu or auto")
-    target = resolve_device(device)  # an absent device fails before anything is read
+    target = resolve_device(device)  # an absent device or dtype fails before anything is read
+    precision = resolve_dtype(dtype, target)
+    if backend != "torch" and dtype not in ("auto", "fp32", torch.float32):
+        raise ValueError(f"the {backend} backend runs fp32, not {dtype}: use dtype fp32 or auto")
     name = check_model_location(name_or_path)
     config = AutoConfig.from_pretrained(name, **hub_options)
     check_affect_config(config, name)
     if backend == "torch":
         with readable_weights(name):
-            return AutoModel.from_pretrained(name, **hub_options).eval().to(target)
+            return AutoModel.from_pretrained(name, dtype=precision, **hub_options).eval().to(target)
     if not os.path.isdir(name):
         raise ValueError(f"the {backend} backend runs a local `affect-hf export onnx` folder, not a Hub id ({name})")
     inside = Path(name) / ONNX_SUBFOLDER
@@ -223,15 +263,20 @@ class OnnxAffectModel:
 __all__ = [
     "AFFECT_MODEL_TYPES",
     "BACKENDS",
+    "DTYPES",
+    "DTYPE_CHOICES",
     "NotAnAffectModelError",
     "OnnxAffectModel",
     "OnnxExportError",
     "check_model_location",
+    "cpu_has_native_bf16",
+    "dtype_name",
     "is_local_path",
     "load_affect_model",
     "load_image_normalisation",
     "onnx_session",
     "readable_weights",
     "resolve_device",
+    "resolve_dtype",
     "weights_sha256",
 ]

@@ -27,7 +27,7 @@ from .evaluation import (
 from .files import OutputLock, atomic_path, write_text_atomically
 from .labels import ABAW_EXPRESSIONS, ACTION_UNITS, LSD_EXPRESSIONS
 from .metrics import ccc, classification_scores
-from .models import load_affect_model
+from .models import dtype_name, load_affect_model
 
 
 def evaluate_models(
@@ -39,27 +39,29 @@ def evaluate_models(
     num_workers: int = 0,
     device: str = "auto",
     backend: str = "torch",
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Score each model on the track's validation split; write `scores.json`, the PNGs and `report.html`."""
     check_track(track)
     output_dir = Path(output_dir)
     with OutputLock(output_dir):
-        return _evaluate_models(models, data_dir, track, output_dir, batch_size, num_workers, device, backend)
+        return _evaluate_models(models, data_dir, track, output_dir, batch_size, num_workers, device, backend, dtype)
 
 
-def _evaluate_models(models, data_dir, track: str, output_dir: Path, batch_size, num_workers, device, backend):
+def _evaluate_models(models, data_dir, track: str, output_dir: Path, batch_size, num_workers, device, backend,
+                     dtype):  # fmt: skip
     split = load_split(data_dir, track, "validation")
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"track": track, "data_dir": str(data_dir), "num_samples": len(split), "models": {}}
     sections = []
     for number, name in enumerate(models, start=1):
-        model = load_affect_model(name, backend=backend, device=device)
+        model = load_affect_model(name, backend=backend, device=device, dtype=dtype)
         with warnings.catch_warnings():  # a task without labels warns in the metric: it is reported below instead
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             evaluation = evaluate_model(model, split, track, batch_size, num_workers, name=str(name))
         key = f"model_{number}" if len(models) > 1 else "model"
-        entry = {"path": str(name), "backend": backend, "scores": evaluation.scores,
+        entry = {"path": str(name), "backend": backend, "dtype": dtype_name(model.dtype), "scores": evaluation.scores,
                  "unavailable": evaluation.unavailable}  # fmt: skip
         if evaluation.fitted_au_thresholds is not None and "au" in TRACK_TASKS[track]:  # meaningless elsewhere
             entry["au_thresholds"] = dict(zip(ACTION_UNITS, model.config.au_thresholds, strict=True))

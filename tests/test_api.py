@@ -24,7 +24,7 @@ from affect_hf.data.synthetic_video import write_face_video
 from affect_hf.data.transforms import load_rgb_image
 from affect_hf.hub import save_model_folder
 from affect_hf.inference import read_table
-from affect_hf.models import is_local_path, load_affect_model, resolve_device
+from affect_hf.models import DTYPES, is_local_path, load_affect_model, resolve_device, resolve_dtype
 from tests.test_modeling import tiny_emma_with_visible_heads
 
 
@@ -182,6 +182,46 @@ def test_devices_are_resolved_or_refused_by_name():
     if not torch.backends.mps.is_available():
         with pytest.raises(ValueError, match="device 'mps' is not available"):
             resolve_device("mps")
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bf16", "expected"),
+    [("cpu", False, torch.float32), ("cpu", True, torch.bfloat16), ("cuda", True, torch.bfloat16),
+     ("cuda", False, torch.float16), ("mps", True, torch.float32)],
+)  # fmt: skip
+def test_auto_dtype_is_bf16_only_where_the_device_computes_it(monkeypatch, device, native_bf16, expected):
+    """The hardware probes are the boundary: bf16 where native (AVX512-BF16 / AMX, Ampere on), fp16 on older GPUs."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    assert resolve_dtype("auto", torch.device(device)) == expected
+    assert resolve_dtype("fp16", torch.device(device)) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'half'"):
+        resolve_dtype("half", torch.device(device))
+
+
+def test_the_model_runs_in_the_dtype_asked_and_a_resume_in_another_is_refused(
+    emma_folder, media, cli_table, tmp_path, capsys
+):
+    fp32 = pd.read_parquet(cli_table)
+    for dtype, tolerance in (("bf16", 2e-2), ("fp16", 2e-3)):
+        analyzer = affect_hf.pipeline(emma_folder, device="cpu", dtype=dtype)
+        assert {p.dtype for p in analyzer.model.parameters()} == {DTYPES[dtype]}
+        table = affect_hf.analyze([media / "photo.jpg", media / "clip.mp4"], analyzer, batch_size=4)
+        # Detection and alignment keep fp32: the same faces, the same boxes; the model's answers within its rounding.
+        pd.testing.assert_frame_equal(table[["source", "frame", "face_id", "box_x1", "yaw"]],
+                                      fp32[["source", "frame", "face_id", "box_x1", "yaw"]])  # fmt: skip
+        np.testing.assert_allclose(table[["valence", "arousal"]], fp32[["valence", "arousal"]], atol=tolerance)
+        assert not table[["valence", "arousal"]].equals(fp32[["valence", "arousal"]])  # it really ran in dtype
+    output = tmp_path / "bf16.parquet"
+    arguments = ["predict", str(media / "photo.jpg"), "--model", str(emma_folder), "--output", str(output), "--device",
+                 "cpu", "--dtype", "bf16"]  # fmt: skip
+    main(arguments)
+    with pytest.raises(SystemExit) as exit_info:  # the rows would differ by more than rounding
+        main([*arguments[:-1], "fp32", "--resume"])
+    assert exit_info.value.code == 1 and "(dtype changed)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the onnx backend runs fp32, not bf16"):
+        load_affect_model(emma_folder, backend="onnx", dtype="bf16")
 
 
 def test_local_paths_and_hub_ids_are_told_apart(emma_folder, tmp_path):

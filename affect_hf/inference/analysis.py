@@ -71,10 +71,11 @@ class FaceAffectAnalyzer:
         min_face_score: float | None = None,
         max_faces: int | None = None,
         backend: str = "torch",
+        dtype: str | torch.dtype = "auto",
         **hub_options: Any,
     ) -> "FaceAffectAnalyzer":
         check_face_options(min_face_score, max_faces)
-        affect_model = load_affect_model(model, backend=backend, device=device, **hub_options)
+        affect_model = load_affect_model(model, backend=backend, device=device, dtype=dtype, **hub_options)
         mean, std = load_image_normalisation(model, **hub_options)
         if isinstance(detector, str):
             scores = {} if min_face_score is None else {"min_score": min_face_score}
@@ -171,8 +172,9 @@ def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
 
     Options: `device` ("auto"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn",
     "blazeface", or a `FaceDetector`), `batch_size`, `min_face_score` (None: the detector's own),
-    `max_faces`, `backend` ("torch", or "onnx" / "onnx-int8" for an `affect-hf export onnx` folder), and Hub
-    options such as `revision` or `trust_remote_code`.
+    `max_faces`, `backend` ("torch", or "onnx" / "onnx-int8" for an `affect-hf export onnx` folder), `dtype` (the
+    model's precision: "auto", "fp32", "bf16", "fp16"; detection and alignment stay fp32), and Hub options such as
+    `revision` or `trust_remote_code`.
     """
     return FaceAffectAnalyzer.from_pretrained(model, **options)
 

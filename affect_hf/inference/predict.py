@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
-from ..models import is_local_path, weights_sha256
+from ..models import dtype_name, is_local_path, weights_sha256
 from .analysis import FaceAffectAnalyzer
 from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
 from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
@@ -86,6 +86,7 @@ class AnalysisRun:
         max_gap: float = 2.0,
         max_seconds: float | None = None,
         backend: str = "torch",
+        dtype: str = "auto",
         max_pixels: int = MAX_PIXELS,
         progress: bool = False,
         exclude: tuple[str | os.PathLike, ...] = (),
@@ -109,7 +110,7 @@ class AnalysisRun:
         else:
             self.analyzer = FaceAffectAnalyzer.from_pretrained(
                 model, device=device, batch_size=batch_size, min_face_score=min_face_score, max_faces=max_faces,
-                backend=backend, detector=detector,
+                backend=backend, detector=detector, dtype=dtype,
             )  # fmt: skip
         self.batch_size, self.every_n_frames, self.max_seconds = batch_size, every_n_frames, max_seconds
         self.max_pixels, self.progress = max_pixels, progress
@@ -154,7 +155,8 @@ class AnalysisRun:
 
     def fingerprint(self) -> dict[str, Any]:
         """What names this run for a resume: the inputs (path, size, modification time), the model, the options
-        and the columns. Batch size and device may change: they change no row beyond rounding."""
+        and the columns. Batch size and device may change: they change no row beyond rounding; the model's dtype
+        changes more, and is part of it."""
         listed = [[str(item), *_identity(item)] for item in self.items]
         analyzer, detector = self.analyzer, self.analyzer.detector
         return {
@@ -163,6 +165,7 @@ class AnalysisRun:
             "model": analyzer.source,
             "model_version": model_version(analyzer),
             "backend": analyzer.backend,
+            "dtype": dtype_name(analyzer.model.dtype),
             "detector": [type(detector).__name__, getattr(detector, "min_score", None),
                          getattr(detector, "max_faces", None)],
             **{name: value for name, value in self.options.items() if name not in ("min_face_score", "max_faces")},
@@ -196,7 +199,8 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     `inputs`: a path (picture, video or folder), a PIL image, an H x W x 3 uint8 array, or a list of them (pictures in
     memory are named `<image N>` in `source`). `model`: a folder, a Hub id, or `affect_hf.pipeline(...)`'s analyzer
     (loaded once, reused). Options: `batch_size` (16), `device` ("auto"), `backend` ("torch", "onnx",
-    "onnx-int8"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn", "blazeface"),
+    "onnx-int8"), `dtype` ("auto": bf16 where the device computes it natively, fp16 on older GPUs, else fp32; or
+    "fp32", "bf16", "fp16"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn", "blazeface"),
     `every_n_frames`, `max_faces`, `min_face_score` (None: the detector's), `smoothing` (seconds, 0: off),
     `max_gap` (seconds a lost face keeps its id), `max_seconds` (of each video), `max_pixels` (the picture limit),
     `progress`. Files that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when

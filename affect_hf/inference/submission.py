@@ -48,7 +48,7 @@ from ..labels import (
     NUM_EXPRESSIONS,
 )
 from ..modeling.pipeline_affect import with_decisions
-from ..models import load_affect_model
+from ..models import dtype_name, load_affect_model
 
 
 logger = logging.getLogger(__name__)
@@ -256,25 +256,26 @@ def predict_abaw(
     image_dir: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
     backend: str = "torch",
+    dtype: str = "auto",
 ) -> Path | None:
     """Predict the `track`'s test list with the model folder at `model_path` and write the submission `output`.
 
     Progress is saved every `save_every` batches in `<output>.partial.npz`: run again with the same arguments to
     resume. `max_batches` stops after that many batches (a time-boxed job), keeping the progress and writing no
     submission (returns None). The finished file is checked with `validate_submission`. The uni-task tracks
-    ("va", "expr", "au") read their frames from `test_list` (see the module's docstring). `backend` is
-    `affect_hf.models.load_affect_model`'s (torch, onnx, onnx-int8).
+    ("va", "expr", "au") read their frames from `test_list` (see the module's docstring). `backend` and
+    `dtype` are `affect_hf.models.load_affect_model`'s (torch, onnx, onnx-int8; auto, fp32, bf16, fp16).
     """
     output = Path(output)
     if track not in SUBMISSION_TRACKS:
         raise ValueError(f"unknown submission track {track!r}; expected one of {', '.join(SUBMISSION_TRACKS)}")
     with OutputLock(output):  # one run per submission file: two would share its progress file
         return _predict_abaw(model_path, data_dir, track, output, batch_size, num_workers, device, save_every,
-                             max_batches, image_dir, test_list, backend)  # fmt: skip
+                             max_batches, image_dir, test_list, backend, dtype)  # fmt: skip
 
 
 def _predict_abaw(model_path, data_dir, track, output: Path, batch_size, num_workers, device, save_every, max_batches,
-                  image_dir, test_list, backend) -> Path | None:  # fmt: skip
+                  image_dir, test_list, backend, dtype) -> Path | None:  # fmt: skip
     names = abaw_test_names(data_dir, track, test_list)
     if track in ("mtl", "lsd"):
         split = load_split(data_dir, track, "test", image_dir=image_dir)
@@ -294,13 +295,14 @@ def _predict_abaw(model_path, data_dir, track, output: Path, batch_size, num_wor
             f"{len(names) - len(split)} of the {len(names)} test images are missing (see the warning above): a "
             "submission must predict every one"
         )
-    model = load_affect_model(model_path, backend=backend, device=device)
+    model = load_affect_model(model_path, backend=backend, device=device, dtype=dtype)
     check_model_for_track(model.config, track, model_path)
     dataset = split_dataset(split, "lsd" if track == "lsd" else "mtl", model.config.image_size)
 
     partial = output.with_name(output.name + ".partial.npz")
     sources = [Path(p).absolute() if p is not None else None for p in (model_path, data_dir, image_dir, test_list)]
-    fingerprint = f"{'|'.join(map(str, sources))}|{track}|{len(names)}|{backend}"
+    precision = "" if model.dtype == torch.float32 else f"|{dtype_name(model.dtype)}"  # fp32: as 0.1.0 wrote it
+    fingerprint = f"{'|'.join(map(str, sources))}|{track}|{len(names)}|{backend}{precision}"
     predictions = Predictions.load(partial, fingerprint, len(split)) or Predictions.empty(len(split))
     if predictions.done:
         logger.info("resuming at image %d of %d from %s", predictions.done + 1, len(split), partial)

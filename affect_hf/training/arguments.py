@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..models import resolve_dtype
+
 
 SCHEDULES = ("cosine", "exponential", "constant")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
@@ -130,16 +132,10 @@ class TrainingArguments:
         return [name for name in RECIPE_DEFAULT_FIELDS if getattr(self, name) is None]
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them bf16 matmuls are emulated, about 3x slower than fp32 (measured)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
 def resolve_mixed_precision(requested: str) -> str:
-    """Turn "auto" into what Accelerate should use on this machine; other values pass through."""
+    """Turn "auto" into what Accelerate should use on this machine (the device's `models.resolve_dtype`); other
+    values pass through."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "no"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype("auto", device), "no")
