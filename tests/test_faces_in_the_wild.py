@@ -32,7 +32,7 @@ from affect_hf.faces import (
     similarity_transforms,
     template_points,
 )
-from affect_hf.faces.pose import MEAN_FACE, _rotation, head_pose
+from affect_hf.faces.pose import MEAN_FACE, _rotations, fit_poses, head_pose
 from affect_hf.hub import save_model_folder
 from affect_hf.inference import FaceAffectAnalyzer
 from affect_hf.inference.overlay import label_font
@@ -96,7 +96,7 @@ def test_head_pose_is_recovered_and_follows_mirrors_and_turns(detector):
     # The solver on the mean face itself, turned: the angles come back.
     model = np.array([MEAN_FACE[name] for name in ABAW_LANDMARKS])
     for angles in ((30.0, 0.0, 0.0), (-45.0, 10.0, 5.0), (0.0, -20.0, 30.0)):
-        points = 1.3 * (model @ _rotation(*angles).T)[:, :2] + (200.0, 150.0)
+        points = 1.3 * (model @ _rotations(*angles).T)[:, :2] + (200.0, 150.0)
         assert head_pose(points) == pytest.approx(angles, abs=0.5)
         # The picture turned by 30 degrees counterclockwise: only roll changes, by 30 (also for a turned head).
         turn = math.radians(30.0)
@@ -115,6 +115,23 @@ def test_head_pose_is_recovered_and_follows_mirrors_and_turns(detector):
     assert abs(yaw) < 10 and abs(pitch) < 20 and abs(roll) < 8
     assert poses["mirror"][0] == pytest.approx(-yaw, abs=3) and poses["mirror"][2] == pytest.approx(-roll, abs=3)
     assert poses["turned"][2] - roll == pytest.approx(20, abs=5) and abs(poses["turned"][0] - yaw) < 10
+
+
+def test_the_poses_of_many_faces_are_fitted_at_once_as_one_at_a_time():
+    """One batched fit for a frame's faces: each face's answer is its own fit's, and poses within reach (yaw to 60,
+    pitch to 30 degrees, any roll, any size and place) come back from exact points."""
+    rng = np.random.default_rng(0)
+    count = 64
+    angles = np.column_stack([rng.uniform(-60, 60, count), rng.uniform(-30, 30, count), rng.uniform(-170, 170, count)])
+    rotations = _rotations(*angles.T)
+    model = np.array([MEAN_FACE[name] for name in ABAW_LANDMARKS])
+    sizes, places = rng.uniform(0.3, 3.0, (count, 1, 1)), rng.uniform(0, 1000, (count, 1, 2))
+    points = sizes * (model @ rotations.transpose(0, 2, 1))[..., :2] + places
+    fitted = fit_poses(points)
+    np.testing.assert_allclose(fitted, angles, atol=0.01)
+    noisy = points + rng.normal(0, 1.5, points.shape)  # a detector's jitter: each face still fits alone
+    np.testing.assert_allclose(fit_poses(noisy), [head_pose(face) for face in noisy], atol=1e-3)
+    assert fit_poses(np.zeros((0, 5, 2))).shape == (0, 3)
 
 
 def test_two_people_who_cross_keep_their_ids_also_after_one_is_hidden(emma_folder, tmp_path):

@@ -7,7 +7,9 @@ pictures, folders and videos (`affect_hf.analyze`, `affect-hf predict`) feed it 
 
 import inspect
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,6 +30,19 @@ def check_face_options(min_face_score: float | None, max_faces: int | None) -> N
         raise ValueError(f"min_face_score must lie in [0, 1] (a detector probability), got {min_face_score}")
     if max_faces is not None and max_faces < 1:
         raise ValueError(f"max_faces must be at least 1 (or None for every face), got {max_faces}")
+
+
+class StageSeconds(dict):
+    """Wall-clock seconds per stage of a run ("decode_wait", "detect", "align", "model", "pose", "track", "write"):
+    where the time goes, for the summary, the shards' records and the benchmark."""
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - tick
 
 
 class FaceAffectAnalyzer:
@@ -94,32 +109,46 @@ class FaceAffectAnalyzer:
 
     @torch.inference_mode()
     def analyze_images(
-        self, images: Sequence[ImageInput], video: Sequence[bool] | None = None
+        self,
+        images: Sequence[ImageInput],
+        video: Sequence[bool] | None = None,
+        stage_seconds: StageSeconds | None = None,
     ) -> list[list[FaceResult]]:
         """Every face of every picture (best first, `face_id` their rank); a picture without a face gets [].
 
         `video` says which images are video frames: the default detector (`auto`) finds faces in those faster.
+        `stage_seconds` gets the seconds spent in "detect", "align" and "model" added (as the host waits for them:
+        on a GPU, queued work is counted where its result is read).
         """
-        tensors = [as_image_tensor(image) for image in images]
-        detections = self.detector(tensors, video=video) if self.detector_takes_video else self.detector(tensors)
-        crops = [
-            align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
-            for tensor, faces in zip(tensors, detections, strict=True)
-        ]
-        crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
-        sharpness = laplacian_variance(crops).tolist()
+        timed = (StageSeconds() if stage_seconds is None else stage_seconds).timed
+        with timed("detect"):
+            tensors = [as_image_tensor(image) for image in images]
+            detections = self.detector(tensors, video=video) if self.detector_takes_video else self.detector(tensors)
+        with timed("align"):
+            crops = [
+                align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
+                for tensor, faces in zip(tensors, detections, strict=True)
+            ]
+            crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
+            sharpness = laplacian_variance(crops).tolist()
         chunks = []
-        for start in range(0, len(crops), self.batch_size):
-            pixel_values = self.normalise(crops[start : start + self.batch_size])
-            outputs = self.model(pixel_values=pixel_values.to(self.model.dtype))
-            chunk = {name: value.cpu() for name, value in affect_scores(outputs, self.config).items()}
-            pooled = getattr(outputs, "pooler_output", None)
-            if pooled is None:
-                pooled = getattr(outputs, "features", None)  # DAN's
-            if pooled is not None:
-                chunk["features"] = pooled.float().cpu()
-            chunks.append(chunk)
+        with timed("model"):
+            for start in range(0, len(crops), self.batch_size):
+                pixel_values = self.normalise(crops[start : start + self.batch_size])
+                outputs = self.model(pixel_values=pixel_values.to(self.model.dtype))
+                chunk = {name: value.cpu() for name, value in affect_scores(outputs, self.config).items()}
+                pooled = getattr(outputs, "pooler_output", None)
+                if pooled is None:
+                    pooled = getattr(outputs, "features", None)  # DAN's
+                if pooled is not None:
+                    chunk["features"] = pooled.float().cpu()
+                chunks.append(chunk)
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
+        with timed("pose"):
+            return self._results(detections, scores, sharpness)
+
+    def _results(self, detections: list, scores: dict[str, torch.Tensor], sharpness: list[float]) -> list:
+        """Per picture, its faces as `FaceResult`s, with their head poses."""
         results, row = [], 0
         for faces in detections:
             boxes, landmarks = faces.boxes.tolist(), faces.landmarks.tolist()
@@ -179,4 +208,4 @@ def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
     return FaceAffectAnalyzer.from_pretrained(model, **options)
 
 
-__all__ = ["FaceAffectAnalyzer", "check_face_options", "pipeline"]
+__all__ = ["FaceAffectAnalyzer", "StageSeconds", "check_face_options", "pipeline"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
 from ..models import dtype_name, is_local_path, weights_sha256
-from .analysis import FaceAffectAnalyzer
+from .analysis import FaceAffectAnalyzer, StageSeconds
 from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
 from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
 from .results import FaceResult, frame_rows, table_schema
@@ -118,6 +118,7 @@ class AnalysisRun:
         self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names)
         self.report = MediaReport()
         self.frames = self.faces = self.frames_without_face = 0
+        self.stage_seconds = StageSeconds()
 
     def __iter__(self) -> Iterator[Batch]:
         frames = prefetched_frames(
@@ -127,7 +128,7 @@ class AnalysisRun:
         bar = tqdm(unit="frame", desc="analyse", disable=not self.progress, dynamic_ncols=True)
         try:
             batch: list[Frame] = []
-            for frame in _with_end(frames):
+            for frame in self._waited(frames):
                 # A batch holds `batch_size` frames, or fewer large pictures (`BATCH_PIXELS`; one larger goes alone).
                 if batch and (frame is None or sum(map(frame_pixels, [*batch, frame])) > BATCH_PIXELS):
                     yield self._analysed(batch, bar)
@@ -141,11 +142,24 @@ class AnalysisRun:
             bar.close()
             frames.close()
 
+    def _waited(self, frames: Iterator[Frame]) -> Iterator[Frame | None]:
+        """The frames, then None (the signal to run the last, short batch); the time spent waiting for each is the
+        reader's share of the run ("decode_wait": decoding that the reader's thread did not hide)."""
+        while True:
+            with self.stage_seconds.timed("decode_wait"):
+                frame = next(frames, None)
+            yield frame
+            if frame is None:
+                return
+
     def _analysed(self, batch: list[Frame], bar: tqdm) -> Batch:
         results = self.analyzer.analyze_images(
-            [item.image for item in batch], video=[item.time is not None for item in batch]
-        )
-        analysed = [(item, self.identities.assign(item, faces)) for item, faces in zip(batch, results, strict=True)]
+            [item.image for item in batch], video=[item.time is not None for item in batch],
+            stage_seconds=self.stage_seconds,
+        )  # fmt: skip
+        with self.stage_seconds.timed("track"):
+            analysed = [(item, self.identities.assign(item, faces))
+                        for item, faces in zip(batch, results, strict=True)]  # fmt: skip
         self.frames += len(batch)
         self.faces += sum(len(faces) for _, faces in analysed)
         self.frames_without_face += sum(not faces for _, faces in analysed)
@@ -254,6 +268,14 @@ class PredictionSummary:
     plots: list[Path] = field(default_factory=list)
     processes: int = 1  # of the launch; the first process's summary covers all of them
     is_main_process: bool = True
+    # Seconds per stage (`StageSeconds`), summed over the processes of a launch, and those processes' own seconds.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    process_seconds: float = 0.0
+
+    def stage_shares(self) -> dict[str, float]:
+        """Each stage's part of the processes' time (what is left is start-up, the bar and waiting)."""
+        total = self.process_seconds or self.seconds
+        return {stage: seconds / total for stage, seconds in self.stage_seconds.items()} if total else {}
 
     @property
     def frames_per_second(self) -> float:
@@ -413,6 +435,9 @@ def _sum_shards(summary: PredictionSummary, stats: list[dict[str, Any]]) -> None
         media.corrupt_packets.update(shard.get("corrupt_packets", {}))
         media.cut_at_seconds.update(shard.get("cut_at_seconds", {}))
         media.cut_short.update({path: tuple(times) for path, times in shard.get("cut_short", {}).items()})
+        summary.process_seconds += shard.get("seconds", 0.0)
+        for stage, seconds in shard.get("stage_seconds", {}).items():
+            summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
     summary.media = media
 
 
@@ -436,12 +461,14 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
                 if frame.item > finished:  # every earlier input has all its rows
                     writer.finish_inputs(frame.item)
                     finished = frame.item
-                rows = frame_rows(frame.source, frame.index, frame.time, faces)
-                writer.write(rows)
+                with run.stage_seconds.timed("write"):
+                    rows = frame_rows(frame.source, frame.index, frame.time, faces)
+                    writer.write(rows)
                 summary.rows += len(rows)
                 if overlay_writer is not None:
                     overlay_writer.add(frame, faces, run.report.video_rates.get(frame.source), run.every_n_frames)
-            writer.flush()
+            with run.stage_seconds.timed("write"):
+                writer.flush()
             if on_batch is not None:
                 on_batch()
         writer.finish_inputs(len(run.items))
@@ -455,6 +482,7 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
     finally:
         summary.seconds = clock.perf_counter() - started
         summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
+        summary.stage_seconds, summary.process_seconds = dict(run.stage_seconds), summary.seconds
         if writer.shard is not None:
             report = run.report
             writer.stats = {
@@ -462,7 +490,7 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
                 "frames_without_face": run.frames_without_face, "images": report.images, "videos": report.videos,
                 "skipped": report.skipped, "interrupted": summary.interrupted,
                 "corrupt_packets": report.corrupt_packets, "cut_at_seconds": report.cut_at_seconds,
-                "cut_short": report.cut_short,
+                "cut_short": report.cut_short, "seconds": summary.seconds, "stage_seconds": summary.stage_seconds,
             }  # fmt: skip
         try:
             try:  # the rows first: whatever happens next, they are on disk
@@ -483,12 +511,6 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
 
         summary.plots = save_plots(read_table(summary.output), plots_dir)
     return summary
-
-
-def _with_end(frames):
-    """The frames, then None: the signal to run the last, short batch."""
-    yield from frames
-    yield None
 
 
 __all__ = ["AnalysisRun", "FaceIdentities", "PredictionSummary", "analyze", "iter_analyze", "predict"]
