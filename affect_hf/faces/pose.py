@@ -10,6 +10,8 @@ Five points fix yaw and roll well and pitch roughly (it rests on the mean face's
 60 degrees of yaw hides an eye, and no detector here gives its points then.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -119,13 +121,17 @@ def head_pose(points: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(angle) for angle in fit_poses(np.asarray(points)[None])[0])
 
 
-def head_poses(landmarks: torch.Tensor, keypoint_names: tuple[str, ...]) -> list[tuple[float, float, float] | None]:
-    """The pose of each of N faces (N x K x 2 points named by `keypoint_names`); None for all when a detector does
-    not give the five points."""
-    if not set(ABAW_LANDMARKS) <= set(keypoint_names):
-        return [None] * len(landmarks)
-    indices = [keypoint_names.index(name) for name in ABAW_LANDMARKS]
-    return [tuple(angles) for angles in fit_poses(landmarks[:, indices].double().numpy()).tolist()]
+def head_poses(
+    images: Sequence[tuple[torch.Tensor, tuple[str, ...]]],
+) -> list[list[tuple[float, float, float] | None]]:
+    """Per image, the pose of each of its faces, from (N x K x 2 points, the names of the K); None for the faces of
+    an image whose detector does not give the five points. All the images' faces are fitted at once."""
+    wanted = [set(ABAW_LANDMARKS) <= set(names) for _, names in images]
+    points = [landmarks[:, [names.index(name) for name in ABAW_LANDMARKS]].double()
+              for (landmarks, names), fits in zip(images, wanted, strict=True) if fits]  # fmt: skip
+    angles = iter(fit_poses(torch.cat(points).numpy()).tolist() if points else [])
+    return [[tuple(next(angles)) if fits else None for _ in range(len(landmarks))]
+            for (landmarks, _), fits in zip(images, wanted, strict=True)]  # fmt: skip
 
 
 __all__ = ["MEAN_FACE", "fit_poses", "head_pose", "head_poses"]

@@ -150,9 +150,9 @@ class FaceAffectAnalyzer:
     def _results(self, detections: list, scores: dict[str, torch.Tensor], sharpness: list[float]) -> list:
         """Per picture, its faces as `FaceResult`s, with their head poses."""
         results, row = [], 0
-        for faces in detections:
+        every_pose = head_poses([(faces.landmarks, faces.keypoint_names) for faces in detections])
+        for faces, poses in zip(detections, every_pose, strict=True):
             boxes, landmarks = faces.boxes.tolist(), faces.landmarks.tolist()
-            poses = head_poses(faces.landmarks, faces.keypoint_names)
             results.append([
                 FaceResult(
                     box=tuple(boxes[i]),
