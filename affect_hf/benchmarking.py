@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,18 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .training import RECIPE_NAMES, TrainingArguments, TrainingStep, build_schedule, get_recipe
+from .models import DTYPES, dtype_name, resolve_dtype
+from .training import (
+    RECIPE_NAMES,
+    TrainingArguments,
+    TrainingStep,
+    build_schedule,
+    get_recipe,
+    resolve_mixed_precision,
+)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 # FlopCounterMode (torch 2.13) counts the CUDA sdpa kernels but not the CPU flash-attention ones; without these the
@@ -249,11 +255,6 @@ def cnn_memory_format(model: torch.nn.Module, pixel_values: torch.Tensor) -> dic
     return seen
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast (matmuls and convolutions in bf16, reductions in fp32); fp32 runs without autocast."""
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-
-
 def make_batch(recipe, model, batch_size: int, device: torch.device) -> dict:
     batch = recipe.example_batch(model, batch_size, torch.Generator().manual_seed(0))
     return {key: value.to(device) for key, value in batch.items()}
@@ -267,11 +268,14 @@ def build_model(recipe, device: torch.device) -> torch.nn.Module:
 def benchmark_inference(
     model, pixel_values, dtype_name: str, device: torch.device, args
 ) -> tuple[list[float], PeakMemory]:
-    """Eval-mode forward under inference_mode."""
+    """Eval-mode forward under inference_mode, the weights in `dtype_name` as `predict --dtype` runs them."""
+    dtype = DTYPES[dtype_name]
+    runner = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    inputs = pixel_values.to(dtype)
 
     def step() -> None:
-        with torch.inference_mode(), autocast(device, DTYPES[dtype_name]):
-            model(pixel_values)
+        with torch.inference_mode():
+            runner(inputs)
 
     with PeakMemory(device) as memory:
         times = time_steps(step, device, args.warmup, args.steps, args.min_time, args.max_steps)
@@ -289,86 +293,164 @@ def benchmark_training(
     return times, memory
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """ "640x360" -> (640, 360)."""
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}")
+    return int(width), int(height)
+
+
 def benchmark_end_to_end(model, device: torch.device, args, inference_flops: float, peak: dict) -> list[dict]:
-    """`affect-hf predict`'s own code (decode + detect + align + model, rows to Parquet) on a generated video of two
-    moving faces and on one 4x longer, then detection + alignment alone and the model alone on the short video's
-    frames and faces, and detection on 1920 x 1080 frames: how much of the model's rate survives end to end, what
-    share of it detection takes, and whether memory stays flat with video length."""
+    """`affect-hf predict`'s own code (decode + detect + align + model + pose + tracking, rows to Parquet), for each
+    of `--video-sizes`: a generated video of two moving faces, and one 4x longer (does memory stay flat?); then
+    decoding alone, detection + alignment alone and the model alone on the same frames and faces. Each row says
+    how much of the model's rate survives end to end and what share of the end-to-end time its stage would take;
+    the run itself reports the seconds it spent in each stage (`PredictionSummary.stage_seconds`)."""
     import tempfile
 
-    from skimage.data import astronaut  # the real face photo the video is made of (a dev dependency)
+    from skimage.data import astronaut  # the real face photo the videos are made of (a dev dependency)
 
     from .data.synthetic_video import write_face_video
     from .faces import AutoDetector, align_faces
     from .inference import FaceAffectAnalyzer, predict
+    from .models import dtype_name
 
     face = astronaut()[40:300, 110:350]
     detector = AutoDetector(device)  # predict's default: BlazeFace with O-Net's points on video frames
     analyzer = FaceAffectAnalyzer(model, detector, batch_size=2 * args.video_batch_size)
+    precision = dtype_name(model.dtype)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        videos = {
-            label: write_face_video(folder / f"{frames}.mp4", face, num_frames=frames, fps=25, size=(640, 360))
-            for label, frames in (("short", args.video_frames), ("4x longer", 4 * args.video_frames))
-        }
-        short = videos["short"]
-        # Warm-up (oneDNN picks its kernels on first use), untimed.
-        predict([short], analyzer, folder / "warmup.parquet", batch_size=args.video_batch_size, progress=False)
-        for label, video in videos.items():
-            with PeakMemory(device) as memory:
-                summary = predict(
-                    [video], analyzer, folder / f"{len(rows)}.parquet", batch_size=args.video_batch_size, progress=False
-                )
-            rows.append({
-                "phase": f"end-to-end, {label} video", "frames": summary.frames, "faces": summary.faces,
-                "frames_per_s": summary.frames_per_second, "peak_memory_gib": memory.peak_bytes / 2**30,
-                "memory_before_gib": memory.before_bytes / 2**30,
-            })  # fmt: skip
-            print(f"  done: {rows[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
+        for width, height in args.video_sizes:
+            size = f"{width}x{height}"
+            videos = {
+                label: write_face_video(
+                    folder / f"{size}-{frames}.mp4", face, num_frames=frames, fps=25, size=(width, height)
+                )  # fmt: skip
+                for label, frames in (("", args.video_frames), (", 4x longer", 4 * args.video_frames))
+            }
+            short = videos[""]
+            # Warm-up (oneDNN and cuDNN pick their kernels on first use), untimed.
+            predict([short], analyzer, folder / "warmup.parquet", batch_size=args.video_batch_size, progress=False,
+                    overwrite=True)  # fmt: skip
+            group = []
+            for label, video in videos.items():
+                with PeakMemory(device) as memory:
+                    summary = predict([video], analyzer, folder / f"{size}{label}.parquet",
+                                      batch_size=args.video_batch_size, progress=False)  # fmt: skip
+                group.append({
+                    "phase": f"end-to-end, {size}{label}", "size": size, "frames": summary.frames,
+                    "faces": summary.faces, "frames_per_s": summary.frames_per_second,
+                    "peak_memory_gib": memory.peak_bytes / 2**30, "memory_before_gib": memory.before_bytes / 2**30,
+                    "stage_shares": summary.stage_shares(), "dtype": precision,
+                })  # fmt: skip
+                print(f"  done: {group[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
+            tick = time.perf_counter()
+            images = decoded_frames(short)
+            decode_seconds = time.perf_counter() - tick
+            detect_seconds, detections = time_detection(analyzer, images, args.video_batch_size)
+            crops = torch.cat([
+                align_faces(image.to(device), faces.landmarks, model.config.image_size, faces.keypoint_names)
+                for image, faces in zip(images, detections, strict=True)
+            ])  # fmt: skip
+            model_seconds = time_model(analyzer, crops, 2 * args.video_batch_size)
+            for stage, seconds in (("decode", decode_seconds), ("detect + align", detect_seconds),
+                                   ("model", model_seconds)):  # fmt: skip
+                group.append({"phase": f"{stage} alone, {size}", "size": size, "frames": len(images),
+                              "faces": len(crops), "frames_per_s": len(images) / seconds,
+                              "share_of_end_to_end": group[0]["frames_per_s"] * seconds / len(images)})  # fmt: skip
+            model_rate = group[-1]["frames_per_s"]
+            for row in group:
+                row["fraction_of_model_rate"] = row["frames_per_s"] / model_rate
+                faces_per_s = row["frames_per_s"] * row["faces"] / max(row["frames"], 1)
+                if not row["phase"].startswith(("decode", "detect")):
+                    row["model_fraction_of_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
+            rows += group
+    return rows
 
-        images = decoded_frames(short)
-        detect_seconds, detections = time_detection(analyzer, images, args.video_batch_size)
-        crops = torch.cat([
-            align_faces(image.to(device), faces.landmarks, model.config.image_size, faces.keypoint_names)
-            for image, faces in zip(images, detections, strict=True)
-        ])  # fmt: skip
-        pixel_values = analyzer.normalise(crops)
-        faces_per_batch = 2 * args.video_batch_size
-        tick = time.perf_counter()
-        with torch.inference_mode():
-            for start in range(0, len(pixel_values), faces_per_batch):
-                model(pixel_values[start : start + faces_per_batch])
-        synchronize(device)
-        model_seconds = time.perf_counter() - tick
-        full_hd = write_face_video(folder / "1080p.mp4", face, num_frames=min(args.video_frames, 24), fps=25,
-                                   size=(1920, 1080), face_height=600)  # fmt: skip
-        large = decoded_frames(full_hd)
-        large_seconds, _ = time_detection(analyzer, large, args.video_batch_size)
-    model_rate = len(images) / model_seconds
-    detection_rate = len(images) / detect_seconds
-    rows.append({"phase": "detect + align alone (same frames)", "frames": len(images), "faces": len(crops),
-                 "frames_per_s": detection_rate,
-                 "share_of_end_to_end": rows[0]["frames_per_s"] / detection_rate})  # fmt: skip
-    rows.append({"phase": "detect + align alone, 1920x1080", "frames": len(large), "faces": 2 * len(large),
-                 "frames_per_s": len(large) / large_seconds})  # fmt: skip
-    rows.append({"phase": "model alone (same faces)", "frames": len(images), "faces": len(crops),
-                 "frames_per_s": model_rate})  # fmt: skip
+
+def benchmark_corpus(model, args) -> list[dict]:
+    """`affect-hf predict` over a folder of generated videos (two faces each, lengths 2:1:1:...) on the CPU: one
+    process with every core, then `accelerate launch` of `--corpus-processes` processes (gloo) sharing the cores.
+    Frames/s are over the whole command (start-up and model loading included); the stage shares come from what each
+    process recorded in the table folder (`PredictionSummary.stage_seconds`)."""
+    import subprocess
+    import tempfile
+
+    from skimage.data import astronaut
+
+    from .data.synthetic_video import write_face_video
+    from .hub import save_model_folder
+    from .inference.table import shard_records
+
+    face = astronaut()[40:300, 110:350]
+    cores = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model_dir = save_model_folder(copy.deepcopy(model).float().cpu(), folder / "model")
+        corpus = folder / "corpus"
+        corpus.mkdir()
+        for number in range(args.corpus_videos):
+            frames = args.video_frames * (2 if number == 0 else 1)
+            write_face_video(corpus / f"video_{number}.mp4", face, num_frames=frames, fps=25, size=(640, 360))
+        for processes in dict.fromkeys((1, args.corpus_processes)):
+            output = folder / f"table_{processes}.parquet"
+            predict = ["-m", "affect_hf", "predict", str(corpus), "--model", str(model_dir), "--output", str(output),
+                       "--device", "cpu", "--batch_size", str(args.video_batch_size)]  # fmt: skip
+            launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+            threads = str(max(1, cores // processes))
+            env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            tick = time.perf_counter()
+            done = subprocess.run([sys.executable, *(launch if processes > 1 else []), *predict], env=env,
+                                  capture_output=True, text=True)  # fmt: skip
+            wall = time.perf_counter() - tick
+            if done.returncode:
+                raise RuntimeError(f"the {processes}-process corpus run failed: {done.stderr.strip()[-2000:]}")
+            stats = [record["stats"] for record in shard_records(output).values()]
+            process_seconds = sum(shard["seconds"] for shard in stats)
+            stages: dict[str, float] = {}
+            for shard in stats:
+                for stage, seconds in shard["stage_seconds"].items():
+                    stages[stage] = stages.get(stage, 0.0) + seconds
+            frames = sum(shard["frames"] for shard in stats)
+            rows.append({
+                "phase": f"corpus, {processes} process{'es' if processes > 1 else ''}", "processes": processes,
+                "threads_per_process": int(threads), "videos": args.corpus_videos, "frames": frames,
+                "faces": sum(shard["faces"] for shard in stats), "wall_seconds": wall, "frames_per_s": frames / wall,
+                "files_per_process": [shard["videos"] + shard["images"] for shard in stats],
+                "analysis_seconds_per_process": [shard["seconds"] for shard in stats],
+                "stage_shares": {stage: seconds / process_seconds for stage, seconds in stages.items()},
+            })  # fmt: skip
+            print(f"  done: {rows[-1]['phase']}: {rows[-1]['frames_per_s']:.2f} frames/s", file=sys.stderr)
     for row in rows:
-        row["fraction_of_model_rate"] = row["frames_per_s"] / model_rate
-        faces_per_s = row["frames_per_s"] * row["faces"] / max(row["frames"], 1)
-        if not row["phase"].startswith("detect"):
-            row["model_fraction_of_fp32_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
+        row["speedup_over_one_process"] = row["frames_per_s"] / rows[0]["frames_per_s"]
     return rows
 
 
 def decoded_frames(path: Path) -> list[torch.Tensor]:
-    import av
+    """Every frame of a video as `predict`'s reader gives it (`inference.media.iter_frames`), in memory."""
+    import threading
 
-    with av.open(str(path)) as container:
-        return [
-            torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1) for frame in container.decode(video=0)
-        ]
+    from .inference.media import MediaReport, iter_frames
+
+    return [frame.image for frame in iter_frames([path], 1, MediaReport(), threading.Event())]
+
+
+def time_model(analyzer, crops: torch.Tensor, batch_size: int) -> float:
+    """Seconds for the model alone over aligned crops, in batches of `batch_size`, as `predict` runs it."""
+    pixel_values = analyzer.normalise(crops).to(analyzer.model.dtype)
+    with torch.inference_mode():
+        analyzer.model(pixel_values=pixel_values[:batch_size])  # warm-up
+        synchronize(analyzer.device)
+        tick = time.perf_counter()
+        for start in range(0, len(pixel_values), batch_size):
+            analyzer.model(pixel_values=pixel_values[start : start + batch_size])
+        synchronize(analyzer.device)
+    return time.perf_counter() - tick
 
 
 def time_detection(analyzer, images: list[torch.Tensor], batch_size: int) -> tuple[float, list]:
@@ -507,6 +589,43 @@ def benchmark_backends(model, recipe, device: torch.device, args, inference_flop
     return rows
 
 
+def benchmark_parity(model, recipe, device: torch.device, dtype_names: list[str]) -> dict[str, dict]:
+    """The model's answers on `device` in each dtype against the CPU in fp32, on the same 16 images: the largest
+    valence/arousal difference and the share of expression and AU decisions that agree (does the device path, and
+    each precision, give the CPU's answers?)."""
+    from .modeling.pipeline_affect import affect_scores
+
+    pixel_values = make_batch(recipe, model, 16, torch.device("cpu"))["pixel_values"]
+
+    def answers(runner, on: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            outputs = runner(pixel_values=pixel_values.to(on, dtype))
+        return {name: value.float().cpu() for name, value in affect_scores(outputs, model.config).items()}
+
+    reference = answers(copy.deepcopy(model).float().cpu(), torch.device("cpu"), torch.float32)
+    results = {}
+    for name in dtype_names:
+        runner = copy.deepcopy(model).to(device, DTYPES[name])
+        got = answers(runner, device, DTYPES[name])
+        del runner
+        row = {
+            "expression_agreement": float(
+                (got["expression_probabilities"].argmax(-1) == reference["expression_probabilities"].argmax(-1))
+                .float()
+                .mean()
+            )
+        }
+        if "valence_arousal" in got:
+            row["valence_arousal_max_abs_difference"] = float(
+                (got["valence_arousal"] - reference["valence_arousal"]).abs().max()
+            )
+        if "au_active" in got:
+            row["au_agreement"] = float((got["au_active"] == reference["au_active"]).float().mean())
+        results[name] = row
+        print(f"  done: parity {name} on {device}: {row}", file=sys.stderr)
+    return results
+
+
 def training_flops(recipe, model, batch, device: torch.device) -> tuple[float, dict[str, int]]:
     """FLOPs per image of one training step (fp32; the frozen CNN runs forward only, as in the model)."""
     step = LoopTrainingStep(recipe, model, "fp32", device)
@@ -519,7 +638,8 @@ def run(args: argparse.Namespace) -> dict:
     """Every measurement of one invocation, as a JSON-ready dict."""
     started = time.perf_counter()
     device = torch.device(args.device)
-    dtype_names = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
+    dtype_names = args.dtypes
+    training_dtypes = args.training_dtypes or dtype_names
     sizes = tuple(args.matmul_sizes or ((2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)))
 
     report: dict = {
@@ -529,6 +649,10 @@ def run(args: argparse.Namespace) -> dict:
             "transformers": transformers.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.version.cuda if device.type == "cuda" else None,
+            # What `auto` picks here: `predict --dtype auto` and `train --mixed_precision auto`.
+            "dtype_auto": dtype_name(resolve_dtype("auto", device)),
+            "mixed_precision_auto": resolve_mixed_precision("auto"),
             "num_threads": torch.get_num_threads(),
             "recipe": args.recipe,
             "preset": args.preset,
@@ -539,7 +663,7 @@ def run(args: argparse.Namespace) -> dict:
         "results": [],
         "notes": [],
     }
-    for name in dtype_names:
+    for name in dict.fromkeys([*dtype_names, *training_dtypes]):
         report["peak"][name] = matmul_peak(DTYPES[name], device, sizes, args.matmul_time)
 
     recipe = benchmark_recipe(args.recipe, args.preset)
@@ -565,17 +689,25 @@ def run(args: argparse.Namespace) -> dict:
             times, memory = benchmark_inference(model, pixel_values, name, device, args)
             report["results"].append(result_row("inference", name, batch_size, times, memory, inference_flops, report))
 
+    report["parity"] = benchmark_parity(model, recipe, device, dtype_names) if args.parity else {}
     report["backends"] = []
     if args.backends:
         if args.recipe != "emma":
             raise SystemExit("--backends compares EMMA's inference: use --recipe emma")
         report["backends"] = benchmark_backends(model, recipe, device, args, inference_flops, report)
 
-    report["end_to_end"], report["crowd"] = [], {}
+    report["end_to_end"], report["crowd"], report["corpus"] = [], {}, []
     if args.recipe == "emma" and args.video_frames:
-        peak = report["peak"].get("fp32") or matmul_peak(DTYPES["fp32"], device, sizes, args.matmul_time)
-        report["end_to_end"] = benchmark_end_to_end(model, device, args, inference_flops, peak)
+        # The model as `predict --dtype` runs it (auto: bf16 where native, fp16 on older GPUs, else fp32).
+        video_dtype = resolve_dtype(args.video_dtype, device)
+        name = dtype_name(video_dtype)
+        peak = report["peak"].get(name) or matmul_peak(video_dtype, device, sizes, args.matmul_time)
+        video_model = model if video_dtype == torch.float32 else copy.deepcopy(model).to(video_dtype)
+        report["end_to_end"] = benchmark_end_to_end(video_model, device, args, inference_flops, peak)
+        del video_model
         report["crowd"] = benchmark_crowd(device)
+        if args.corpus_processes:
+            report["corpus"] = benchmark_corpus(model, args)
 
     mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
     for mask_ratio in mask_ratios:
@@ -587,11 +719,11 @@ def run(args: argparse.Namespace) -> dict:
         flops, ops = training_flops(train_recipe, train_model, make_batch(train_recipe, train_model, 2, device), device)
         report["flops_per_image"][phase], report["flop_ops"][phase] = flops, ops
         batch = make_batch(train_recipe, train_model, args.train_batch_size, device)
-        for name in dtype_names:
+        for name in training_dtypes:
             times, memory = benchmark_training(train_recipe, train_model, batch, name, device, args)
             report["results"].append(result_row(phase, name, args.train_batch_size, times, memory, flops, report))
 
-    report["speedup_bf16_over_fp32"] = speedups(report["results"])
+    report["speedup_over_fp32"] = speedups(report["results"])
     report["speedup_over_first_mask_ratio"] = mask_speedups(report["results"])
     if report["attention"]["vit"] not in (None, "sdpa") or (
         report["attention"]["vit"] and not report["attention"]["sdpa_ops_seen"]
@@ -634,12 +766,12 @@ def result_row(phase: str, dtype: str, batch_size: int, times: list[float], memo
 
 
 def speedups(results: list[dict]) -> dict[str, float]:
-    """bf16 / fp32 images-per-second ratio for each phase and batch size measured in both dtypes."""
+    """Images/s over fp32's for each other dtype, phase and batch size measured in both ("bf16 inference_batch1")."""
     rates = {(r["phase"], r["batch_size"], r["dtype"]): r["images_per_s"] for r in results}
     return {
-        f"{phase}_batch{batch_size}": rates[(phase, batch_size, "bf16")] / rates[(phase, batch_size, "fp32")]
-        for phase, batch_size, dtype in rates
-        if dtype == "fp32" and (phase, batch_size, "bf16") in rates
+        f"{dtype} {phase}_batch{batch_size}": rate / rates[(phase, batch_size, "fp32")]
+        for (phase, batch_size, dtype), rate in rates.items()
+        if dtype != "fp32" and (phase, batch_size, "fp32") in rates
     }
 
 
@@ -652,6 +784,10 @@ def mask_speedups(results: list[dict]) -> dict[str, float]:
         if row is not first:
             ratios[f"{row['phase']} / {first['phase']} ({row['dtype']})"] = row["images_per_s"] / first["images_per_s"]
     return ratios
+
+
+def stage_text(shares: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {100 * share:.1f}%" for stage, share in shares.items())
 
 
 def format_report(report: dict) -> str:
@@ -681,7 +817,7 @@ def format_report(report: dict) -> str:
             f"{r['peak_memory_gib']:>8.2f} {r['memory_before_gib']:>9.2f}"
         )
     for title, key in (
-        ("bf16 / fp32 speed-up", "speedup_bf16_over_fp32"),
+        ("speed-up over fp32", "speedup_over_fp32"),
         ("mask ratio speed-up", "speedup_over_first_mask_ratio"),
     ):
         if report[key]:
@@ -698,20 +834,28 @@ def format_report(report: dict) -> str:
                 f"({r['peak_precision']}) {r['peak_memory_gib']:>8.2f}"
             )
     if report["end_to_end"]:
-        lines += ["", f"{'end to end (fp32)':<32} {'frames':>6} {'faces':>6} {'frames/s':>9} {'of model':>9} "
-                  f"{'% peak':>7} {'mem GiB':>8}"]  # fmt: skip
+        precision = report["end_to_end"][0]["dtype"]
+        lines += ["", f"{'end to end (' + precision + ')':<34} {'frames':>6} {'faces':>6} {'frames/s':>9} "
+                  f"{'of model':>9} {'% peak':>7} {'mem GiB':>8} {'share':>6}"]  # fmt: skip
         for r in report["end_to_end"]:
-            peak_share = (
-                f"{100 * r['model_fraction_of_fp32_peak']:>6.1f}%" if "model_fraction_of_fp32_peak" in r else ""
-            )
+            peak_share = f"{100 * r['model_fraction_of_peak']:>6.1f}%" if "model_fraction_of_peak" in r else ""
             memory = f"{r['peak_memory_gib']:>8.2f}" if "peak_memory_gib" in r else ""
+            share = f"{100 * r['share_of_end_to_end']:>5.1f}%" if "share_of_end_to_end" in r else ""
             lines.append(
-                f"{r['phase']:<32} {r['frames']:>6} {r['faces']:>6} {r['frames_per_s']:>9.2f} "
-                f"{100 * r['fraction_of_model_rate']:>8.1f}% {peak_share:>7} {memory:>8}"
+                f"{r['phase']:<34} {r['frames']:>6} {r['faces']:>6} {r['frames_per_s']:>9.2f} "
+                f"{100 * r['fraction_of_model_rate']:>8.1f}% {peak_share:>7} {memory:>8} {share:>6}"
             )
-    share = next((r["share_of_end_to_end"] for r in report["end_to_end"] if "share_of_end_to_end" in r), None)
-    if share is not None:
-        lines.append(f"detection + alignment: {100 * share:.1f}% of the end-to-end time of the short video")
+            if "stage_shares" in r:
+                lines.append("    in the run: " + stage_text(r["stage_shares"]))
+    for name, row in report["parity"].items():
+        lines.append(f"parity with CPU fp32, {name} on {env['device']}: " + ", ".join(
+            f"{key} {value:.3g}" for key, value in row.items()))  # fmt: skip
+    for r in report["corpus"]:
+        lines.append(
+            f"{r['phase']} ({r['threads_per_process']} threads each, {r['videos']} videos): {r['frames']} frames in "
+            f"{r['wall_seconds']:.1f} s, {r['frames_per_s']:.2f} frames/s ({r['speedup_over_one_process']:.2f}x one "
+            f"process); files per process {r['files_per_process']}; " + stage_text(r["stage_shares"])
+        )
     for name, found in report["crowd"].items():
         lines.append(
             f"crowd picture, {name}: {found['found_once']} of {found['faces']} faces found once "
@@ -731,7 +875,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="emma", choices=RECIPE_NAMES, help="whose model and training step")
     parser.add_argument("--preset", default="base", help='model preset ("base" = paper size, "tiny") or a JSON file')
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="both", choices=["fp32", "bf16", "both"])
+    parser.add_argument(
+        "--dtype", nargs="+", default=["both"], choices=[*DTYPES, "both"],
+        help="inference (and training) precisions; both: fp32 and bf16",
+    )  # fmt: skip
+    parser.add_argument(
+        "--training-dtypes",
+        nargs="+",
+        default=None,
+        choices=list(DTYPES),
+        help="training dtypes (default: --dtype)",
+    )
     parser.add_argument(
         "--mask-ratios", type=float, nargs="+", default=None,
         help="mae / cotex: one training phase per mask ratio (default: the recipe's own)",
@@ -752,12 +906,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--video-batch-size", type=int, default=16, help="frames per batch end to end")
     parser.add_argument(
+        "--video-sizes", type=parse_size, nargs="+", default=[(640, 360), (1920, 1080)], metavar="WxH",
+        help="emma: frame sizes of the end-to-end videos",
+    )  # fmt: skip
+    parser.add_argument(
+        "--video-dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="emma: the model's dtype end to end",
+    )
+    parser.add_argument(
+        "--corpus-processes", type=int, default=2,
+        help="emma: the corpus row, this many CPU processes of one launch against one process (0 skips it)",
+    )  # fmt: skip
+    parser.add_argument("--corpus-videos", type=int, default=4, help="videos in the corpus row")
+    parser.add_argument(
+        "--parity", action="store_true", help="the model's answers on --device in each --dtype against CPU fp32"
+    )
+    parser.add_argument(
         "--backends", nargs="*", choices=BACKENDS, default=None,
         help="emma: also time inference through these backends (no value: all of them)",
     )  # fmt: skip
     parser.add_argument("--int8-matmul-sizes", type=int, nargs="+", default=(1024, 2048))
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
+    args.dtypes = list(dict.fromkeys(name for names in args.dtype for name in (("fp32", "bf16") if names == "both"
+                                                                               else (names,))))  # fmt: skip
     if args.backends == []:
         args.backends = list(BACKENDS)
     if args.min_time is None:

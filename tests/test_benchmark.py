@@ -5,6 +5,7 @@ import json
 import pytest
 
 from affect_hf import benchmarking
+from tests.runs import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +16,15 @@ def benchmark():
 def test_tiny_run_reports_every_phase(benchmark, tmp_path):
     out = tmp_path / "bench.json"
     argv = "--preset tiny --device cpu --dtype both --steps 1 --warmup 0 --inference-batch-sizes 1 2".split()
-    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --video-frames 3 --json".split() + [str(out)]
+    argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --video-frames 3 --video-sizes 320x180".split()
+    argv += "640x360 --corpus-processes 2 --corpus-videos 3 --json".split() + [str(out)]
     report = benchmark.main(argv)
 
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report["results"]))
     assert set(report["peak"]) == {"fp32", "bf16"}
+    # `--dtype auto` and `--mixed_precision auto` agree: bf16 only where this CPU computes it natively.
+    auto = report["environment"]["dtype_auto"]
+    assert {"fp32": "no", "bf16": "bf16"}[auto] == report["environment"]["mixed_precision_auto"]
     assert report["attention"]["vit"] == "sdpa"
     assert report["attention"]["sdpa_ops_seen"]  # the ViT really called scaled_dot_product_attention
     assert report["flops_per_image"]["training"] > report["flops_per_image"]["inference"] > 0
@@ -29,29 +34,61 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
     for result in report["results"]:
         assert result["timed_steps"] == 1
         assert result["images_per_s"] > 0 and result["fraction_of_peak"] > 0 and result["peak_memory_gib"] > 0
-    assert set(report["speedup_bf16_over_fp32"]) == {"inference_batch1", "inference_batch2", "training_batch2"}
-    # End to end through `affect-hf predict` on a generated two-face video and one 4x longer, then its parts alone.
+    assert set(report["speedup_over_fp32"]) == {"bf16 inference_batch1", "bf16 inference_batch2",
+                                                "bf16 training_batch2"}  # fmt: skip
+    # End to end through `affect-hf predict` on generated two-face videos, per size: 1x and 4x long, then each
+    # stage alone on the short video's frames and faces.
     end_to_end = {row["phase"]: row for row in report["end_to_end"]}
     assert list(end_to_end) == [
-        "end-to-end, short video", "end-to-end, 4x longer video", "detect + align alone (same frames)",
-        "detect + align alone, 1920x1080", "model alone (same faces)",
+        name for size in ("320x180", "640x360") for name in (
+            f"end-to-end, {size}", f"end-to-end, {size}, 4x longer", f"decode alone, {size}",
+            f"detect + align alone, {size}", f"model alone, {size}")
     ]  # fmt: skip
-    frames_and_faces = [(row["frames"], row["faces"]) for row in report["end_to_end"]]
-    assert frames_and_faces == [(3, 6), (12, 24), (3, 6), (3, 6), (3, 6)]
-    detection = end_to_end["detect + align alone (same frames)"]
-    assert detection["share_of_end_to_end"] == pytest.approx(
-        end_to_end["end-to-end, short video"]["frames_per_s"] / detection["frames_per_s"]
-    )
-    assert detection["share_of_end_to_end"] > 0
+    assert [(row["frames"], row["faces"]) for row in report["end_to_end"]] == [(3, 6), (12, 24), *[(3, 6)] * 3] * 2
+    for size in ("320x180", "640x360"):
+        run = end_to_end[f"end-to-end, {size}"]
+        # The run's own account of its time: every stage, and together nearly all of it.
+        assert set(run["stage_shares"]) == {"decode_wait", "detect", "align", "model", "pose", "track", "write"}
+        assert 0.5 < sum(run["stage_shares"].values()) <= 1.0 + 1e-6
+        for stage in ("decode", "detect + align", "model"):
+            alone = end_to_end[f"{stage} alone, {size}"]
+            assert alone["share_of_end_to_end"] == pytest.approx(run["frames_per_s"] / alone["frames_per_s"])
+            assert 0 < alone["share_of_end_to_end"] < 1
+        model_rate = end_to_end[f"model alone, {size}"]["frames_per_s"]
+        for row in report["end_to_end"]:
+            if row["size"] == size:  # each row against the model alone on the same frames
+                assert row["fraction_of_model_rate"] == pytest.approx(row["frames_per_s"] / model_rate)
+        assert run["peak_memory_gib"] > 0 and end_to_end[f"end-to-end, {size}, 4x longer"]["peak_memory_gib"] > 0
+    # The corpus row: one process, then a launch of two sharing the cores, over the same videos (2:1:1 long).
+    one, two = report["corpus"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["frames"] == two["frames"] == 4 * 3
+    assert one["files_per_process"] == [3] and sorted(two["files_per_process"]) == [1, 2]
+    assert two["speedup_over_one_process"] == pytest.approx(two["frames_per_s"] / one["frames_per_s"])
+    assert 0.3 < sum(two["stage_shares"].values()) <= 1.0 + 1e-6
     # The crowd picture of the tests, per detector: MTCNN (the default for pictures) finds every face once.
     assert set(report["crowd"]) == {"mtcnn", "blazeface"}
     assert report["crowd"]["mtcnn"]["found_once"] == report["crowd"]["mtcnn"]["faces"] == 20
     assert report["crowd"]["blazeface"]["found_once"] < 20
-    model_rate = end_to_end["model alone (same faces)"]["frames_per_s"]
-    for row in report["end_to_end"]:  # each row against the model alone on the same frames
-        assert row["fraction_of_model_rate"] == pytest.approx(row["frames_per_s"] / model_rate)
-    assert all(row["frames_per_s"] > 0 for row in report["end_to_end"])
-    assert end_to_end["end-to-end, short video"]["peak_memory_gib"] > 0
+
+
+def test_the_device_check_runs_on_the_cpu_at_the_tiny_preset(tmp_path):
+    """scripts/device_check.py as the GPU runs it, on the CPU: every dtype, parity with CPU fp32, both sizes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_check", REPO_ROOT / "scripts" / "device_check.py")
+    device_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_check)
+    report = device_check.main(["--device", "cpu", "--json", str(tmp_path / "check.json")])
+    assert json.loads((tmp_path / "check.json").read_text())["parity"] == report["parity"]
+    assert {(r["phase"], r["dtype"]) for r in report["results"]} == {
+        *(("inference", dtype) for dtype in ("fp32", "bf16", "fp16")), ("training", "bf16"), ("training", "fp16")
+    }  # fmt: skip
+    assert {r["batch_size"] for r in report["results"] if r["phase"] == "inference"} == {1, 2}
+    assert report["parity"]["fp32"] == {"expression_agreement": 1.0, "valence_arousal_max_abs_difference": 0.0,
+                                        "au_agreement": 1.0}  # fmt: skip
+    for dtype in ("bf16", "fp16"):  # a lower precision is close to fp32, and not identical (it really ran in it)
+        assert 0 < report["parity"][dtype]["valence_arousal_max_abs_difference"] < 0.05
+    assert {row["size"] for row in report["end_to_end"]} == {"320x180", "640x360"} and not report["corpus"]
 
 
 @pytest.mark.parametrize("recipe", ["mae", "cotex", "dan"])
@@ -80,7 +117,7 @@ def test_speedups_pairs_dtypes(benchmark):
         {"phase": "inference", "batch_size": 1, "dtype": "bf16", "images_per_s": 3.0},
         {"phase": "training", "batch_size": 4, "dtype": "fp32", "images_per_s": 1.0},
     ]
-    assert benchmark.speedups(results) == {"inference_batch1": 1.5}
+    assert benchmark.speedups(results) == {"bf16 inference_batch1": 1.5}
 
 
 def test_backends_time_the_same_inputs_through_torch_and_onnx_runtime(benchmark):

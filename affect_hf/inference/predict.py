@@ -483,15 +483,14 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
         summary.seconds = clock.perf_counter() - started
         summary.frames, summary.faces, summary.frames_without_face = run.frames, run.faces, run.frames_without_face
         summary.stage_seconds, summary.process_seconds = dict(run.stage_seconds), summary.seconds
-        if writer.shard is not None:
-            report = run.report
-            writer.stats = {
-                "rows": summary.rows, "frames": run.frames, "faces": run.faces,
-                "frames_without_face": run.frames_without_face, "images": report.images, "videos": report.videos,
-                "skipped": report.skipped, "interrupted": summary.interrupted,
-                "corrupt_packets": report.corrupt_packets, "cut_at_seconds": report.cut_at_seconds,
-                "cut_short": report.cut_short, "seconds": summary.seconds, "stage_seconds": summary.stage_seconds,
-            }  # fmt: skip
+        report = run.report  # recorded with the table: a launch's first process sums its shards' stats
+        writer.stats = {
+            "rows": summary.rows, "frames": run.frames, "faces": run.faces,
+            "frames_without_face": run.frames_without_face, "images": report.images, "videos": report.videos,
+            "skipped": report.skipped, "interrupted": summary.interrupted,
+            "corrupt_packets": report.corrupt_packets, "cut_at_seconds": report.cut_at_seconds,
+            "cut_short": report.cut_short, "seconds": summary.seconds, "stage_seconds": summary.stage_seconds,
+        }  # fmt: skip
         try:
             try:  # the rows first: whatever happens next, they are on disk
                 if run.frames or writer.rows or writer.shard is not None:
