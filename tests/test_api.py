@@ -89,6 +89,20 @@ def test_iter_analyze_gives_the_same_rows_batch_by_batch(emma_folder, media, cli
     pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), pd.read_parquet(cli_table))
 
 
+def test_the_next_batch_is_found_while_the_model_runs_this_one(emma_folder, media, cli_table):
+    """`overlap`: detection and alignment of batch k + 1 in a second thread while the model runs batch k (the
+    default on CUDA, where the two overlap); the same rows, in the same order."""
+    import threading
+
+    batches = affect_hf.iter_analyze([media / "photo.jpg", media / "clip.mp4"], emma_folder, batch_size=4,
+                                     device="cpu", overlap=True)  # fmt: skip
+    first = next(batches)
+    assert any(thread.name.startswith("affect-hf-faces") for thread in threading.enumerate())
+    table = pd.concat([first, *batches], ignore_index=True)
+    pd.testing.assert_frame_equal(table, pd.read_parquet(cli_table))
+    assert not any(thread.name.startswith("affect-hf-faces") for thread in threading.enumerate())
+
+
 def test_analyze_takes_pictures_in_memory_and_a_loaded_analyzer(emma_folder, media, cli_table, tmp_path):
     analyzer = affect_hf.pipeline(emma_folder, device="cpu")
     photo = Image.open(media / "photo.jpg")

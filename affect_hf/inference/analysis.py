@@ -9,7 +9,8 @@ import inspect
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from transformers.image_utils import load_image
 
 from ..data.transforms import IMAGE_MEAN, IMAGE_STD
 from ..faces.alignment import align_faces
-from ..faces.detection import FaceDetector, ImageInput, as_image_tensor, load_face_detector
+from ..faces.detection import FaceDetections, FaceDetector, ImageInput, as_image_tensor, load_face_detector
 from ..faces.pose import head_poses
 from ..modeling.pipeline_affect import affect_scores, describe
 from ..models import load_affect_model, load_image_normalisation
@@ -43,6 +44,16 @@ class StageSeconds(dict):
             yield
         finally:
             self[stage] = self.get(stage, 0.0) + time.perf_counter() - tick
+
+
+@dataclass
+class AlignedFaces:
+    """A batch's faces, found and aligned for the model (`FaceAffectAnalyzer.find_faces`)."""
+
+    detections: list[FaceDetections]
+    crops: torch.Tensor  # F x 3 x S x S in [0, 255], on the model's device
+    sharpness: list[float]
+    ready: "torch.cuda.Event | None" = None  # recorded on the CUDA stream that aligned them, if not the default
 
 
 class FaceAffectAnalyzer:
@@ -107,7 +118,6 @@ class FaceAffectAnalyzer:
         """Aligned crops in [0, 255] -> the model's inputs, with the saved image processor's mean and std."""
         return (crops - self.mean) / self.std
 
-    @torch.inference_mode()
     def analyze_images(
         self,
         images: Sequence[ImageInput],
@@ -117,20 +127,50 @@ class FaceAffectAnalyzer:
         """Every face of every picture (best first, `face_id` their rank); a picture without a face gets [].
 
         `video` says which images are video frames: the default detector (`auto`) finds faces in those faster.
-        `stage_seconds` gets the seconds spent in "detect", "align" and "model" added (as the host waits for them:
-        on a GPU, queued work is counted where its result is read).
+        `stage_seconds` gets the seconds spent in "detect", "align", "model" and "pose" added (as the host waits for
+        them: on a GPU, queued work is counted where its result is read).
         """
+        return self.describe_faces(self.find_faces(images, video, stage_seconds), stage_seconds)
+
+    @torch.inference_mode()
+    def find_faces(
+        self,
+        images: Sequence[ImageInput],
+        video: Sequence[bool] | None = None,
+        stage_seconds: StageSeconds | None = None,
+        stream: "torch.cuda.Stream | None" = None,
+    ) -> AlignedFaces:
+        """The first half of `analyze_images`: detection and alignment, on a CUDA `stream` when one is given (so
+        that it can overlap the model's work on the default stream)."""
         timed = (StageSeconds() if stage_seconds is None else stage_seconds).timed
-        with timed("detect"):
-            tensors = [as_image_tensor(image) for image in images]
-            detections = self.detector(tensors, video=video) if self.detector_takes_video else self.detector(tensors)
-        with timed("align"):
-            crops = [
-                align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
-                for tensor, faces in zip(tensors, detections, strict=True)
-            ]
-            crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
-            sharpness = laplacian_variance(crops).tolist()
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            with timed("detect"):
+                tensors = [as_image_tensor(image) for image in images]
+                detections = (
+                    self.detector(tensors, video=video) if self.detector_takes_video else self.detector(tensors)
+                )
+            with timed("align"):
+                crops = [
+                    align_faces(tensor.to(self.device), faces.landmarks, self.image_size, faces.keypoint_names)
+                    for tensor, faces in zip(tensors, detections, strict=True)
+                ]
+                crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.image_size, self.image_size)
+                sharpness = laplacian_variance(crops).tolist()
+            ready = None
+            if stream is not None:
+                ready = torch.cuda.Event()
+                ready.record(stream)
+        return AlignedFaces(detections, crops, sharpness, ready)
+
+    @torch.inference_mode()
+    def describe_faces(self, faces: AlignedFaces, stage_seconds: StageSeconds | None = None) -> list[list[FaceResult]]:
+        """The second half of `analyze_images`: the model and the head poses of faces `find_faces` aligned."""
+        timed = (StageSeconds() if stage_seconds is None else stage_seconds).timed
+        crops = faces.crops
+        if faces.ready is not None:  # aligned on another stream: wait for it, and keep its memory until used here
+            current = torch.cuda.current_stream(crops.device)
+            current.wait_event(faces.ready)
+            crops.record_stream(current)
         chunks = []
         with timed("model"):
             for start in range(0, len(crops), self.batch_size):
@@ -145,7 +185,7 @@ class FaceAffectAnalyzer:
                 chunks.append(chunk)
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
         with timed("pose"):
-            return self._results(detections, scores, sharpness)
+            return self._results(faces.detections, scores, faces.sharpness)
 
     def _results(self, detections: list, scores: dict[str, torch.Tensor], sharpness: list[float]) -> list:
         """Per picture, its faces as `FaceResult`s, with their head poses."""
@@ -208,4 +248,4 @@ def pipeline(model: str | os.PathLike, **options: Any) -> FaceAffectAnalyzer:
     return FaceAffectAnalyzer.from_pretrained(model, **options)
 
 
-__all__ = ["FaceAffectAnalyzer", "StageSeconds", "check_face_options", "pipeline"]
+__all__ = ["AlignedFaces", "FaceAffectAnalyzer", "StageSeconds", "check_face_options", "pipeline"]

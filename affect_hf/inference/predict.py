@@ -13,6 +13,7 @@ import logging
 import os
 import time as clock
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
 from ..models import dtype_name, is_local_path, weights_sha256
-from .analysis import FaceAffectAnalyzer, StageSeconds
+from .analysis import AlignedFaces, FaceAffectAnalyzer, StageSeconds
 from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
 from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
 from .results import FaceResult, frame_rows, table_schema
@@ -90,6 +91,7 @@ class AnalysisRun:
         max_pixels: int = MAX_PIXELS,
         progress: bool = False,
         exclude: tuple[str | os.PathLike, ...] = (),
+        overlap: bool | None = None,
     ):
         for name, value, least in (("every_n_frames", every_n_frames, 1), ("batch_size", batch_size, 1),
                                    ("max_pixels", max_pixels, 1)):  # fmt: skip
@@ -114,6 +116,9 @@ class AnalysisRun:
             )  # fmt: skip
         self.batch_size, self.every_n_frames, self.max_seconds = batch_size, every_n_frames, max_seconds
         self.max_pixels, self.progress = max_pixels, progress
+        # The next batch's detection in a second thread while the model runs this one: on a GPU the two overlap; on
+        # a CPU they would share the same cores (None: on for CUDA devices).
+        self.overlap = self.analyzer.device.type == "cuda" if overlap is None else overlap
         self.identities = FaceIdentities(max_gap, smoothing, self.analyzer.config)
         self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names)
         self.report = MediaReport()
@@ -127,20 +132,37 @@ class AnalysisRun:
         )  # fmt: skip
         bar = tqdm(unit="frame", desc="analyse", disable=not self.progress, dynamic_ncols=True)
         try:
-            batch: list[Frame] = []
-            for frame in self._waited(frames):
-                # A batch holds `batch_size` frames, or fewer large pictures (`BATCH_PIXELS`; one larger goes alone).
-                if batch and (frame is None or sum(map(frame_pixels, [*batch, frame])) > BATCH_PIXELS):
-                    yield self._analysed(batch, bar)
-                    batch = []
-                if frame is not None:
-                    batch.append(frame)
-                    if len(batch) == self.batch_size:
-                        yield self._analysed(batch, bar)
-                        batch = []
+            batches = self._batches(frames)
+            if not self.overlap:
+                for batch in batches:
+                    yield self._analysed(batch, self._found(batch), bar)
+                return
+            stream = torch.cuda.Stream(self.analyzer.device) if self.analyzer.device.type == "cuda" else None
+            with ThreadPoolExecutor(1, thread_name_prefix="affect-hf-faces") as finder:
+                pending = None  # at most two batches in flight: this one at the model, the next at the detector
+                for batch in batches:
+                    found = finder.submit(self._found, batch, stream)
+                    if pending is not None:
+                        yield self._analysed(pending[0], pending[1].result(), bar)
+                    pending = (batch, found)
+                if pending is not None:
+                    yield self._analysed(pending[0], pending[1].result(), bar)
         finally:
             bar.close()
             frames.close()
+
+    def _batches(self, frames: Iterator[Frame]) -> Iterator[list[Frame]]:
+        """`batch_size` frames at a time, or fewer large pictures (`BATCH_PIXELS`; one larger goes alone)."""
+        batch: list[Frame] = []
+        for frame in self._waited(frames):
+            if batch and (frame is None or sum(map(frame_pixels, [*batch, frame])) > BATCH_PIXELS):
+                yield batch
+                batch = []
+            if frame is not None:
+                batch.append(frame)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
 
     def _waited(self, frames: Iterator[Frame]) -> Iterator[Frame | None]:
         """The frames, then None (the signal to run the last, short batch); the time spent waiting for each is the
@@ -152,11 +174,12 @@ class AnalysisRun:
             if frame is None:
                 return
 
-    def _analysed(self, batch: list[Frame], bar: tqdm) -> Batch:
-        results = self.analyzer.analyze_images(
-            [item.image for item in batch], video=[item.time is not None for item in batch],
-            stage_seconds=self.stage_seconds,
-        )  # fmt: skip
+    def _found(self, batch: list[Frame], stream: "torch.cuda.Stream | None" = None) -> AlignedFaces:
+        return self.analyzer.find_faces([item.image for item in batch], [item.time is not None for item in batch],
+                                        self.stage_seconds, stream)  # fmt: skip
+
+    def _analysed(self, batch: list[Frame], found: AlignedFaces, bar: tqdm) -> Batch:
+        results = self.analyzer.describe_faces(found, self.stage_seconds)
         with self.stage_seconds.timed("track"):
             analysed = [(item, self.identities.assign(item, faces))
                         for item, faces in zip(batch, results, strict=True)]  # fmt: skip
@@ -217,6 +240,7 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     "fp32", "bf16", "fp16"), `detector` ("auto": MTCNN for pictures, BlazeFace for video frames; "mtcnn", "blazeface"),
     `every_n_frames`, `max_faces`, `min_face_score` (None: the detector's), `smoothing` (seconds, 0: off),
     `max_gap` (seconds a lost face keeps its id), `max_seconds` (of each video), `max_pixels` (the picture limit),
+    `overlap` (find the next batch's faces in a second thread while the model runs; None: on CUDA devices),
     `progress`. Files that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when
     nothing at all can be read, a `ValueError` names each input and why.
     """
