@@ -1,7 +1,8 @@
 """affect-hf: facial affect analysis (valence/arousal, expressions, action units) on the Hugging Face stack.
 
 - `affect_hf.analyze(inputs, model=...)`: every face of pictures, folders and videos as a pandas DataFrame (one row
-  per frame x face: the table `affect-hf predict` writes); `iter_analyze` gives it batch by batch.
+  per frame x face: the table `affect-hf predict` writes); `iter_analyze` gives it batch by batch;
+  `affect_hf.dataset_rows(dataset)` makes a `datasets` dataset's Image or Video column such inputs.
 - `affect_hf.pipeline(model)`: a loaded analyzer; `analyzer(picture)` gives one dict per face.
 - `affect_hf.load_affect_model(name, backend=..., device=...)`: the one way in to EMMA, CoTEX and DAN.
 
@@ -35,7 +36,7 @@ for _config_class, _model_class in _MODEL_FAMILIES:
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
 
 # These load models through the registrations above.
-from .inference import FaceResult, analyze, iter_analyze, pipeline  # noqa: E402
+from .inference import FaceResult, analyze, dataset_rows, iter_analyze, pipeline  # noqa: E402
 from .models import load_affect_model, resolve_device  # noqa: E402
 
 
@@ -50,6 +51,7 @@ __all__ = [
     "MaeViTModel",
     "__version__",
     "analyze",
+    "dataset_rows",
     "iter_analyze",
     "load_affect_model",
     "pipeline",

@@ -441,15 +441,16 @@ def decoded_frames(path: Path) -> list[torch.Tensor]:
 
 
 def time_model(analyzer, crops: torch.Tensor, batch_size: int) -> float:
-    """Seconds for the model alone over aligned crops, in batches of `batch_size`, as `predict` runs it."""
+    """Seconds for the model alone over aligned crops, in batches of `batch_size`, as `predict` runs it: the second
+    of two passes (the first picks the kernels of every batch shape, the short last one included)."""
     pixel_values = analyzer.normalise(crops).to(analyzer.model.dtype)
     with torch.inference_mode():
-        analyzer.model(pixel_values=pixel_values[:batch_size])  # warm-up
-        synchronize(analyzer.device)
-        tick = time.perf_counter()
-        for start in range(0, len(pixel_values), batch_size):
-            analyzer.model(pixel_values=pixel_values[start : start + batch_size])
-        synchronize(analyzer.device)
+        for _ in range(2):
+            synchronize(analyzer.device)
+            tick = time.perf_counter()
+            for start in range(0, len(pixel_values), batch_size):
+                analyzer.model(pixel_values=pixel_values[start : start + batch_size])
+            synchronize(analyzer.device)
     return time.perf_counter() - tick
 
 

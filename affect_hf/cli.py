@@ -205,7 +205,15 @@ def face_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
     from .data.pictures import MAX_PIXELS
 
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="pictures, videos or folders of them")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="pictures, videos, folders of them, or .txt lists of their paths"
+    )
+    parser.add_argument(
+        "--dataset", default=None, metavar="NAME_OR_PATH",
+        help="also a `datasets` dataset (a save_to_disk folder, files load_dataset reads, or a Hub id)",
+    )  # fmt: skip
+    parser.add_argument("--split", default="train", help="--dataset: its split")
+    parser.add_argument("--column", default=None, help="--dataset: its Image or Video column (default: the one)")
     model_arguments(parser, "a saved affect model folder or Hub id (EMMA, CoTEX or DAN)")
     parser.add_argument("--output", required=True, help="the table: FILE.csv, or a Parquet folder (FOLDER.parquet)")
     parser.add_argument("--batch_size", type=int, default=16, help="frames per batch to the detector and model")
@@ -235,13 +243,17 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predict_command(args: argparse.Namespace) -> None:
     """Exit 0 with rows written, 1 when nothing could be analysed, 130 on Ctrl-C (rows kept)."""
+    from .inference.media import load_dataset_rows
     from .inference.predict import predict
 
     plots = args.plots
     if plots == "":
         plots = str(Path(args.output).with_suffix("")) + "_plots"
+    if not args.paths and args.dataset is None:
+        raise ValueError("nothing to analyse: give PATHs, or --dataset")
+    inputs = [*args.paths, *(load_dataset_rows(args.dataset, args.split, args.column) if args.dataset else [])]
     summary = predict(
-        args.paths, args.model, args.output, batch_size=args.batch_size, device=args.device,
+        inputs, args.model, args.output, batch_size=args.batch_size, device=args.device,
         every_n_frames=args.every_n_frames, max_faces=args.max_faces, min_face_score=args.min_face_score,
         detector=args.detector,
         smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
@@ -280,7 +292,7 @@ def predict_command(args: argparse.Namespace) -> None:
         )  # fmt: skip
         raise CommandFailed(130, f"interrupted: {kept}")
     if not summary.frames and summary.resumed_inputs < summary.inputs:
-        raise CommandFailed(1, f"nothing could be read from {' '.join(args.paths)}")
+        raise CommandFailed(1, f"nothing could be read from {' '.join([*args.paths, args.dataset or ''])}")
 
 
 # ----------------------------------------------------------------------------------------------------------- app

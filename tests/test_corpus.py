@@ -196,3 +196,46 @@ def test_a_text_file_lists_the_inputs_and_a_bad_line_is_named(corpus, tmp_path):
     listing.write_text(f"{corpus / 'panel.mp4'}\nmissing.mp4\n")
     with pytest.raises(FileNotFoundError, match=r"corpus\.txt:2: no such file or folder: missing\.mp4"):
         expand_inputs([listing])
+
+
+def test_a_dataset_s_image_and_video_columns_are_read_like_files(emma_folder, corpus, tmp_path, capsys):
+    """`--dataset DIR --split S --column C`: rows of a `datasets` dataset (a save_to_disk folder here) give the rows
+    their files give, named NAME[SPLIT][INDEX]; a broken row and a bomb row are skipped and listed, by row. A Video
+    column reads the same way (here through the notebook API)."""
+    from affect_hf.inference.media import input_size
+    from tests.test_api import png_header
+
+    photos = [corpus / "photo.jpg", corpus / "small.jpg"]
+    stored = [{"bytes": path.read_bytes(), "path": None} for path in photos]
+    stored += [{"bytes": b"not a picture", "path": None}, {"bytes": png_header(50000, 50000), "path": None}]
+    features = datasets.Features({"face": datasets.Image(decode=False), "label": datasets.Value("string")})
+    pictures = datasets.Dataset.from_dict({"face": stored, "label": list("abcd")}, features=features)
+    folder = tmp_path / "faces_dataset"
+    datasets.DatasetDict({"test": pictures}).save_to_disk(str(folder))
+
+    output = tmp_path / "affect.parquet"
+    main(["predict", "--dataset", str(folder), "--split", "test", "--model", str(emma_folder), "--device", "cpu",
+          "--output", str(output)])  # fmt: skip
+    out = capsys.readouterr().out
+    expected = affect_hf.analyze(photos, emma_folder, device="cpu")
+    expected["source"] = expected["source"].map({str(path): f"faces_dataset[test][{i}]" for i, path in
+                                                 enumerate(photos)})  # fmt: skip
+    assert_same_table(read_table(output), expected)
+    assert "skipped faces_dataset[test][2]: neither an image nor a video" in out
+    assert "skipped faces_dataset[test][3]: " in out and "decompression bomb" in out
+    # A Video column, read by PyAV from the row's bytes: the video's own rows.
+    video = corpus / "street.mp4"
+    clips = datasets.Dataset.from_dict({"clip": [{"bytes": video.read_bytes(), "path": None}]},
+                                       features=datasets.Features({"clip": datasets.Video(decode=False)}))  # fmt: skip
+    from_rows = affect_hf.analyze(affect_hf.dataset_rows(clips, name="clips"), emma_folder, device="cpu")
+    from_file = affect_hf.analyze(video, emma_folder, device="cpu")
+    from_file["source"] = "clips[0]"
+    assert_same_table(from_rows, from_file)
+    # The rows' bytes weigh them for sharing out among processes; a column that is no picture is refused.
+    assert [input_size(row) for row in affect_hf.dataset_rows(pictures)] == [len(entry["bytes"]) for entry in stored]
+    with pytest.raises(ValueError, match="column 'label' is Value"):
+        affect_hf.dataset_rows(pictures, "label")
+    with pytest.raises(SystemExit):
+        main(["predict", "--dataset", str(folder), "--split", "validation", "--model", str(emma_folder),
+              "--output", str(tmp_path / "other.parquet")])  # fmt: skip
+    assert "has no split 'validation'; its splits: test" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 face, tracking and smoothing over time, the table layout, the overlay video, and ABAW test-set submissions."""
 
 from .analysis import FaceAffectAnalyzer, pipeline
-from .media import Frame, MediaReport, Picture
+from .media import DatasetRow, Frame, MediaReport, Picture, dataset_rows, load_dataset_rows
 from .predict import AnalysisRun, PredictionSummary, analyze, iter_analyze, predict
 from .results import FaceResult, frame_rows, table_schema
 from .submission import SUBMISSION_TRACKS, SubmissionError, abaw_test_names, predict_abaw, validate_submission
@@ -17,6 +17,9 @@ __all__ = [
     "Frame",
     "MediaReport",
     "Picture",
+    "DatasetRow",
+    "dataset_rows",
+    "load_dataset_rows",
     "PredictionSummary",
     "SubmissionError",
     "TableWriter",

@@ -5,6 +5,7 @@ Decoding runs in a background thread that fills a bounded queue, so the CPU deco
 model works on these, and memory stays flat however long the video.
 """
 
+import io
 import logging
 import os
 import queue
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -54,7 +56,80 @@ class Picture:
     image: torch.Tensor  # 3 x H x W uint8 RGB
 
 
-MediaInput = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+@dataclass
+class DatasetRow:
+    """One row of a `datasets` dataset's Image or Video column, read when its turn comes (`dataset_rows`)."""
+
+    dataset: Any  # a `datasets.Dataset` whose column is cast to decode=False: {"bytes", "path"} per row
+    column: str
+    index: int
+    name: str  # its `source` in the table: NAME[SPLIT][INDEX]
+    size: int = 0  # bytes, for sharing the rows out among processes
+
+    def __str__(self) -> str:
+        return self.name
+
+    def open(self) -> io.BytesIO | Path:
+        """The row's file: its bytes, or the path it names when the dataset keeps no bytes."""
+        stored = self.dataset[self.index][self.column]
+        if stored is None:
+            raise OSError("the row holds no image or video")
+        if stored.get("bytes") is not None:
+            return io.BytesIO(stored["bytes"])
+        if stored.get("path") and Path(stored["path"]).is_file():
+            return Path(stored["path"])
+        raise OSError(f"the row holds no bytes, and its path {stored.get('path')!r} is not a file")
+
+
+def dataset_rows(dataset: Any, column: str | None = None, name: str = "dataset") -> list[DatasetRow]:
+    """The rows of a `datasets.Dataset` as inputs, its Image or Video `column` read by this package's own readers
+    (the pixel limit, EXIF orientation, PyAV) rather than decoded by `datasets`. Without `column`, the dataset's one
+    Image or Video column. Rows are named `NAME[INDEX]` in the table."""
+    import datasets
+    import pyarrow.compute as pc
+
+    media = [key for key, feature in dataset.features.items() if isinstance(feature, (datasets.Image, datasets.Video))]
+    if column is None:
+        if len(media) != 1:
+            raise ValueError(
+                f"{name} has {len(media)} Image or Video columns ({', '.join(media) or 'none'}): name one with column"
+            )
+        column = media[0]
+    if column not in dataset.column_names:
+        raise ValueError(f"{name} has no column {column!r}; its columns: {', '.join(dataset.column_names)}")
+    if column not in media:
+        raise ValueError(f"{name}'s column {column!r} is {dataset.features[column]}, not an Image or Video column")
+    kind = type(dataset.features[column])
+    dataset = dataset.cast_column(column, kind(decode=False))
+    stored = dataset.data.column(column).combine_chunks()  # memory-mapped Arrow: no row is read into Python here
+    sizes = pc.fill_null(pc.binary_length(pc.struct_field(stored, "bytes")), 0).to_pylist()
+    return [DatasetRow(dataset, column, index, f"{name}[{index}]", size) for index, size in enumerate(sizes)]
+
+
+def load_dataset_rows(name_or_path: str, split: str = "train", column: str | None = None) -> list[DatasetRow]:
+    """`dataset_rows` of a dataset on disk (`save_to_disk`, or files `datasets.load_dataset` reads) or on the Hub."""
+    import datasets
+
+    path = Path(name_or_path)
+    if path.is_dir() and any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{name_or_path} has no split {split!r}; its splits: {', '.join(loaded)}")
+            loaded = loaded[split]
+    else:
+        loaded = datasets.load_dataset(str(name_or_path), split=split)
+    return dataset_rows(loaded, column, f"{path.name if path.exists() else name_or_path}[{split}]")
+
+
+def input_size(item: "Path | Picture | DatasetRow") -> int:
+    """An input's bytes (0 for a picture in memory): what sharing inputs out among processes weighs."""
+    if isinstance(item, Path):
+        return item.stat().st_size
+    return getattr(item, "size", 0)
+
+
+MediaInput = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor | DatasetRow
 
 
 @dataclass
@@ -73,17 +148,20 @@ class MediaReport:
 
 def expand_inputs(
     inputs: MediaInput | Sequence[MediaInput], exclude: tuple[str | os.PathLike, ...] = ()
-) -> list[Path | Picture]:
-    """What there is to read, in the order given: files as they are, folders walked (sorted, hidden entries left
-    out, symlinked folders followed once each), `.txt` files as lists of paths (`read_path_list`), pictures in
-    memory (PIL images, H x W x 3 uint8 arrays, 3 x H x W uint8 tensors) named `<image N>` by their position among
-    `inputs`. `exclude` (this run's own outputs, files or folders) is left out; a path that does not exist, or
-    nothing at all to read, is an error."""
-    if isinstance(inputs, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
+) -> list[Path | Picture | DatasetRow]:
+    """What there is to read, in the order given: files and dataset rows (`dataset_rows`) as they are, folders
+    walked (sorted, hidden entries left out, symlinked folders followed once each), `.txt` files as lists of paths
+    (`read_path_list`), pictures in memory (PIL images, H x W x 3 uint8 arrays, 3 x H x W uint8 tensors) named
+    `<image N>` by their position among `inputs`. `exclude` (this run's own outputs, files or folders) is left
+    out; a path that does not exist, or nothing at all to read, is an error."""
+    if isinstance(inputs, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor, DatasetRow)):
         inputs = [inputs]
     excluded = [Path(path).absolute() for path in exclude]
-    items: list[Path | Picture] = []
+    items: list[Path | Picture | DatasetRow] = []
     for position, item in enumerate(inputs):
+        if isinstance(item, DatasetRow):
+            items.append(item)
+            continue
         if not isinstance(item, (str, os.PathLike)):
             items.append(Picture(f"<image {position}>", as_image_tensor(item)))
             continue
@@ -123,11 +201,13 @@ def read_path_list(path: Path) -> list[Path]:
     return listed
 
 
-def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor | None:
+def read_still_image(
+    path: Path | str | io.BytesIO, max_pixels: int = MAX_PIXELS, name: str | None = None
+) -> torch.Tensor | None:
     """The picture as 3 x H x W uint8 RGB, upright as its EXIF orientation says (phone photos); None when the file
     is no picture (it may be a video). A picture that is refused (beyond `max_pixels`) or broken raises `OSError`."""
     try:
-        rgb = read_picture(path, max_pixels)
+        rgb = read_picture(path, max_pixels, name=name)
     except (PIL.UnidentifiedImageError, ValueError):
         return None
     with rgb:  # closed once copied (a multi-frame file, e.g. a camera's MPO, keeps its file open until then)
@@ -135,12 +215,13 @@ def read_still_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor |
 
 
 def video_frames(
-    path: Path,
+    path: Path | io.BytesIO,
     every_n_frames: int,
     report: MediaReport,
     stop: threading.Event,
     max_seconds: float | None = None,
     item: int = 0,
+    source: str | None = None,
 ) -> Iterator[Frame]:
     """Decoded frames of a video's first video stream, packet by packet: a packet that fails to decode is counted
     and skipped, and a file that breaks off ends the video, keeping every frame read before.
@@ -154,8 +235,8 @@ def video_frames(
     """
     import av
 
-    source = str(path)
-    with av.open(source) as container:
+    source = source or str(path)
+    with av.open(_rewound(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else None
@@ -202,12 +283,20 @@ def video_frames(
             report.cut_short[source] = (read, declared)
 
 
-def is_video(path: Path) -> str | None:
+def _rewound(path: Path | io.BytesIO) -> str | io.BytesIO:
+    """What PyAV and PIL open: a path as a string, or bytes in memory from their start."""
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
+        return path
+    return str(path)
+
+
+def is_video(path: Path | io.BytesIO) -> str | None:
     """None when PyAV opens the file and finds a video stream in it, else the reason it is not a video."""
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(_rewound(path)) as container:
             if not container.streams.video:
                 return "no video stream"
             return None
@@ -216,7 +305,7 @@ def is_video(path: Path) -> str | None:
 
 
 def iter_frames(
-    items: list[Path | Picture],
+    items: list[Path | Picture | DatasetRow],
     every_n_frames: int,
     report: MediaReport,
     stop: threading.Event,
@@ -237,31 +326,33 @@ def iter_frames(
             report.images += 1
             yield Frame(path.name, 0, None, path.image, item)
             continue
+        source = str(path)
         try:
-            image = read_still_image(path, max_pixels)
+            readable = path.open() if isinstance(path, DatasetRow) else path
+            image = read_still_image(_rewound(readable), max_pixels, source)
         except OSError as error:
-            reason = str(error).removeprefix(f"{path}: ")
-            logger.warning("skipped %s: %s", path, reason)
-            report.skipped.append((str(path), reason))
+            reason = str(error).removeprefix(f"{source}: ")
+            logger.warning("skipped %s: %s", source, reason)
+            report.skipped.append((source, reason))
             continue
         if image is not None:
             report.images += 1
-            yield Frame(str(path), 0, None, image, item)
+            yield Frame(source, 0, None, image, item)
             continue
         try:
-            reason = is_video(path)
+            reason = is_video(readable)
         except ImportError:
             reason = "not an image, and reading videos needs PyAV: pip install affect-hf[video]"
         if reason is not None:
-            logger.warning("skipped %s: %s", path, reason)
-            report.skipped.append((str(path), reason))
+            logger.warning("skipped %s: %s", source, reason)
+            report.skipped.append((source, reason))
             continue
         report.videos += 1
         try:
-            yield from video_frames(path, every_n_frames, report, stop, max_seconds, item)
+            yield from video_frames(readable, every_n_frames, report, stop, max_seconds, item, source)
         except Exception as error:  # noqa: BLE001  (a broken file must not end the run; the frames before are kept)
-            logger.warning("%s: reading stopped (%s: %s)", path, type(error).__name__, error)
-            report.corrupt_packets[str(path)] = report.corrupt_packets.get(str(path), 0) + 1
+            logger.warning("%s: reading stopped (%s: %s)", source, type(error).__name__, error)
+            report.corrupt_packets[source] = report.corrupt_packets.get(source, 0) + 1
 
 
 _END = object()

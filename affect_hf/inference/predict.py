@@ -27,7 +27,17 @@ from ..files import OutputLock
 from ..models import dtype_name, is_local_path, weights_sha256
 from .analysis import AlignedFaces, FaceAffectAnalyzer, StageSeconds
 from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
-from .media import BATCH_PIXELS, Frame, MediaInput, MediaReport, expand_inputs, frame_pixels, prefetched_frames
+from .media import (
+    BATCH_PIXELS,
+    DatasetRow,
+    Frame,
+    MediaInput,
+    MediaReport,
+    expand_inputs,
+    frame_pixels,
+    input_size,
+    prefetched_frames,
+)
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
 from .table import TableWriter, check_output, check_table_path, clear_table_folder, read_table, shard_records
@@ -266,10 +276,13 @@ def model_version(analyzer: FaceAffectAnalyzer) -> str | None:
 
 
 def _identity(item) -> list:
-    """A file's size and modification time (a changed file is another input); nothing for a picture in memory."""
+    """A file's size and modification time (a changed file is another input), a dataset row's dataset fingerprint;
+    nothing for a picture in memory."""
     if isinstance(item, Path):
         status = item.stat()
         return [status.st_size, status.st_mtime_ns]
+    if isinstance(item, DatasetRow):
+        return [item.dataset._fingerprint]
     return []
 
 
@@ -393,7 +406,7 @@ def _predict_corpus(
             try:
                 if overwrite and output.is_dir():
                     clear_table_folder(output)
-                sizes = [item.stat().st_size if isinstance(item, Path) else 0 for item in run.items]
+                sizes = [input_size(item) for item in run.items]
                 plan = plan_corpus(output, run.schema, fingerprint, sizes, launch.processes, resume)
             except (OSError, ValueError) as error:
                 plan = error
