@@ -20,6 +20,8 @@ from .modeling import (
     EmmaConfig,
     EmmaForAffectAnalysis,
     MaeViTModel,
+    TemporalAffectConfig,
+    TemporalAffectModel,
 )
 
 
@@ -34,6 +36,9 @@ for _config_class, _model_class in _MODEL_FAMILIES:
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
+# The sequence model over a face's frames reads features, not pixels: AutoModel only.
+AutoConfig.register(TemporalAffectConfig.model_type, TemporalAffectConfig, exist_ok=True)
+AutoModel.register(TemporalAffectConfig, TemporalAffectModel, exist_ok=True)
 
 # These load models through the registrations above.
 from .inference import FaceResult, analyze, dataset_rows, iter_analyze, pipeline  # noqa: E402
@@ -49,6 +54,8 @@ __all__ = [
     "EmmaForAffectAnalysis",
     "FaceResult",
     "MaeViTModel",
+    "TemporalAffectConfig",
+    "TemporalAffectModel",
     "__version__",
     "analyze",
     "dataset_rows",

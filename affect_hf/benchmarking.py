@@ -593,7 +593,8 @@ def benchmark_backends(model, recipe, device: torch.device, args, inference_flop
 def benchmark_parity(model, recipe, device: torch.device, dtype_names: list[str]) -> dict[str, dict]:
     """The model's answers on `device` in each dtype against the CPU in fp32, on the same 16 images: the largest
     valence/arousal difference and the share of expression and AU decisions that agree (does the device path, and
-    each precision, give the CPU's answers?)."""
+    each precision, give the CPU's answers?). The model is the benchmark's, at its preset's initialisation, not
+    trained: decisions near a boundary flip with rounding more often than a trained model's would."""
     from .modeling.pipeline_affect import affect_scores
 
     pixel_values = make_batch(recipe, model, 16, torch.device("cpu"))["pixel_values"]

@@ -37,7 +37,7 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits", "pooler_output")
+MODEL_OUTPUTS = ("logits", "valence_arousal", "au_logits", "pooler_output", "cnn_logits")
 QUANTIZATION_MODES = ("dynamic", "static")
 OPSET = 18
 # int8 runs the matrix products (the linear layers: 85% of EMMA's FLOPs); convolutions (12%) stay fp32: ONNX
@@ -64,8 +64,9 @@ class _OutputsAsTuple(nn.Module):
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
-    """The outputs a model gives at inference (EMMA: its three answers; CoTEX and DAN: the logits), and the pooled
-    feature where it has one (a face's appearance, which the tracker reads)."""
+    """The outputs a model gives at inference (EMMA: its three answers; CoTEX and DAN: the logits), the pooled
+    feature where it has one (a face's appearance, which the tracker reads), and EMMA's CNN scores: with the logits
+    and the pooled feature, what a temporal model reads per frame (`modeling_temporal.frame_inputs`)."""
     size = model.config.image_size
     with torch.inference_mode():
         outputs = model(pixel_values=torch.zeros(1, 3, size, size, device=model.device))

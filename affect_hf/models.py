@@ -91,8 +91,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
         return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if device.type == "cuda":  # this GPU's own capability: Ampere (8.0) and later compute bf16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
@@ -100,7 +100,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def dtype_name(dtype: torch.dtype) -> str:
     """`torch.bfloat16` -> "bf16": the name `--dtype` takes."""
-    return next(name for name, value in DTYPES.items() if value == dtype)
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"a model in {dtype} runs in none of the dtypes here: {', '.join(DTYPES)}")
 
 
 def is_local_path(name_or_path: str | os.PathLike) -> bool:

@@ -24,6 +24,7 @@ from affect_hf.data.synthetic_video import write_face_video
 from affect_hf.data.transforms import load_rgb_image
 from affect_hf.hub import save_model_folder
 from affect_hf.inference import read_table
+from affect_hf.inference.table import read_record
 from affect_hf.models import DTYPES, is_local_path, load_affect_model, resolve_device, resolve_dtype
 from tests.test_modeling import tiny_emma_with_visible_heads
 
@@ -207,7 +208,7 @@ def test_auto_dtype_is_bf16_only_where_the_device_computes_it(monkeypatch, devic
     """The hardware probes are the boundary: bf16 where native (AVX512-BF16 / AMX, Ampere on), fp16 on older GPUs."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if native_bf16 else (7, 5))
     assert resolve_dtype("auto", torch.device(device)) == expected
     assert resolve_dtype("fp16", torch.device(device)) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'half'"):
@@ -231,6 +232,9 @@ def test_the_model_runs_in_the_dtype_asked_and_a_resume_in_another_is_refused(
     arguments = ["predict", str(media / "photo.jpg"), "--model", str(emma_folder), "--output", str(output), "--device",
                  "cpu", "--dtype", "bf16"]  # fmt: skip
     main(arguments)
+    # The dtype names a table where it is not fp32: tables written before `--dtype` existed (fp32) still resume.
+    assert read_record(output / ".progress.json")["fingerprint"]["dtype"] == "bf16"
+    assert "dtype" not in read_record(cli_table / ".progress.json")["fingerprint"]
     with pytest.raises(SystemExit) as exit_info:  # the rows would differ by more than rounding
         main([*arguments[:-1], "fp32", "--resume"])
     assert exit_info.value.code == 1 and "(dtype changed)" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import affect_hf
 from affect_hf.cli import main
 from affect_hf.data.synthetic_video import write_face_video
 from affect_hf.hub import save_model_folder
-from affect_hf.inference.corpus import Launch, assign_by_size, check_corpus_output, plan_corpus
+from affect_hf.inference.corpus import CorpusProgress, Launch, assign_by_size, check_corpus_output, plan_corpus
 from affect_hf.inference.media import expand_inputs
 from affect_hf.inference.table import TableWriter, read_table, shard_records
 from tests.runs import REPO_ROOT
@@ -117,6 +117,23 @@ def test_a_killed_launch_resumes_to_the_same_table_with_any_process_count(emma_f
     assert_same_table(read_table(output), expected)
 
 
+def test_processes_that_see_different_inputs_are_refused_together(emma_folder, corpus, tmp_path):
+    """Inputs are handed out by position: a process whose folder listing differs from the first's (another mount,
+    a file arriving mid-start) would analyse the wrong files. Every process compares, and all refuse."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os\nfrom affect_hf.inference import predict\n"
+        f"files = sorted(os.listdir({str(corpus)!r}))[: 2 + int(os.environ['RANK'])]\n"
+        f"predict([os.path.join({str(corpus)!r}, name) for name in files], {str(emma_folder)!r}, "
+        f"{str(tmp_path / 'affect.parquet')!r}, device='cpu', progress=False)\n"
+    )
+    process = launch_two([str(script)])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert err.count("the processes of this launch do not see the same run (inputs, num_inputs differ") == 2
+    assert not (tmp_path / "affect.parquet").exists() or not list((tmp_path / "affect.parquet").glob("part-*"))
+
+
 def _workers(launcher: int) -> list[int]:
     """The launcher's child processes (the launch's workers), from /proc."""
     children = []
@@ -144,6 +161,8 @@ def test_files_are_shared_out_largest_first_so_processes_finish_together():
     # 90, 40, 30, 30, 10, 5, 5 in turn to the least loaded: 90 | 40 + 30 + 30, then 10 and 5 | 5. Even.
     assert shares == [[0, 1, 5], [2, 3, 4, 6]]  # each process's files in the given order
     assert assign_by_size([0, 1], [5, 5], 4) == [[0], [1], [], []]  # more processes than files: some get none
+    # Inputs of unknown size (pictures in memory, dataset rows that keep only a path) are dealt out in turn.
+    assert assign_by_size([0, 1, 2, 3], [0, 0, 0, 0], 2) == [[0, 2], [1, 3]]
 
 
 def test_the_plan_keeps_what_any_shard_finished_and_cuts_the_rest(tmp_path):
@@ -173,6 +192,12 @@ def test_the_plan_keeps_what_any_shard_finished_and_cuts_the_rest(tmp_path):
     assert sorted(read_table(output)["source"]) == ["a", "b", "c", "d"]  # input 4's row cut away
     with pytest.raises(ValueError, match=r"\(num_inputs changed\)"):
         plan_corpus(output, schema, {**fingerprint, "num_inputs": 6}, sizes + [1], 2, resume=True)
+    # A process that failed says so in its record: the first process stops waiting, naming its shard.
+    failed = TableWriter(output, schema, fingerprint, shard="001-0000", inputs=[4], lock=False)
+    failed.stats = {"failed": True}
+    failed.close(complete=False)
+    with pytest.raises(RuntimeError, match="the process writing shard 001-0000 of .* failed"):
+        CorpusProgress(output, ["001-0000"]).wait(poll_seconds=0.01)
 
 
 def test_a_launch_refuses_a_csv_and_more_processes_than_gpus_before_reading(monkeypatch):
@@ -233,6 +258,9 @@ def test_a_dataset_s_image_and_video_columns_are_read_like_files(emma_folder, co
     assert_same_table(from_rows, from_file)
     # The rows' bytes weigh them for sharing out among processes; a column that is no picture is refused.
     assert [input_size(row) for row in affect_hf.dataset_rows(pictures)] == [len(entry["bytes"]) for entry in stored]
+    reordered = affect_hf.dataset_rows(pictures.select([1, 0]))  # the rows as selected, not as stored
+    assert [input_size(row) for row in reordered] == [len(stored[1]["bytes"]), len(stored[0]["bytes"])]
+    assert reordered[1].open().getvalue() == stored[0]["bytes"]
     with pytest.raises(ValueError, match="column 'label' is Value"):
         affect_hf.dataset_rows(pictures, "label")
     with pytest.raises(SystemExit):

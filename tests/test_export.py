@@ -21,6 +21,7 @@ from affect_hf.modeling import (
     DanForImageClassification,
     EmmaForAffectAnalysis,
 )
+from affect_hf.modeling.modeling_temporal import frame_inputs
 from affect_hf.models import INT8_FILE, ONNX_FILE, RECORD_FILE, OnnxAffectModel, OnnxExportError
 from affect_hf.training.presets import COTEX_PRESETS
 from tests.test_modeling import IMAGE_SIZE, TINY_CNN, tiny_emma_config, tiny_emma_with_visible_heads
@@ -48,7 +49,7 @@ def test_emma_export_matches_torch_and_records_itself(emma):
         p.name for p in export.iterdir()
     }
     assert record == json.loads((export / RECORD_FILE).read_text())
-    assert record["outputs"] == ["logits", "valence_arousal", "au_logits", "pooler_output"]
+    assert record["outputs"] == ["logits", "valence_arousal", "au_logits", "pooler_output", "cnn_logits"]
     assert record["model_type"] == "emma"
     assert set(record["parity_max_abs_difference"]) == {"random batch of 1", "random batch of 5", "96 real faces"}
     onnx_model = OnnxAffectModel(export, source_model_dir=folder)
@@ -58,6 +59,15 @@ def test_emma_export_matches_torch_and_records_itself(emma):
     got = onnx_model(pixel_values=pixel_values)
     for name in ("logits", "valence_arousal", "au_logits"):
         torch.testing.assert_close(got[name], getattr(expected, name), atol=1e-4, rtol=1e-4)
+    # What a temporal model reads per frame, from the graph as from torch: the pooled feature and the 28 scores
+    # that feed EMMA's VA head (which gives back EMMA's own valence and arousal).
+    features, scores = frame_inputs(got)
+    expected_features, expected_scores = frame_inputs(expected)
+    assert scores.shape == (7, 28)
+    torch.testing.assert_close(features, expected_features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.va_head(expected_scores), expected.valence_arousal)
 
 
 def test_int8_keeps_the_decisions_on_real_faces(emma):

@@ -44,7 +44,10 @@ class Launch:
         if processes == 1:
             return cls(0, 1, device)
         on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        if on_gpu and device in ("auto", "cuda"):
+        # A launcher may give each process one GPU of its own (SLURM --gpus-per-task=1, CUDA_VISIBLE_DEVICES per
+        # rank): it is then cuda:0 in every process.
+        own_gpu = on_gpu and torch.cuda.device_count() == 1
+        if on_gpu and device in ("auto", "cuda") and not own_gpu:
             local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
             if torch.cuda.device_count() < local_processes:
                 raise ValueError(
@@ -56,8 +59,16 @@ class Launch:
         # On a CPU launch a bare PartialState() sees one process of one in each process: cpu=True joins them (gloo).
         state = PartialState(cpu=not on_gpu)
         if on_gpu and device in ("auto", "cuda"):
-            device = f"cuda:{state.local_process_index}"
+            device = "cuda:0" if own_gpu else f"cuda:{state.local_process_index}"
         return cls(state.process_index, state.num_processes, device)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value`, in rank order, in every process."""
+        if self.processes == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
 
     def broadcast(self, value: Any) -> Any:
         """The first process's `value` in every process (an exception it raised is handed on like a value)."""
@@ -85,14 +96,14 @@ class CorpusPlan:
 
 def assign_by_size(positions: list[int], sizes: list[int], processes: int) -> list[list[int]]:
     """The inputs at `positions` shared out among `processes`, largest first, each to the process with the least
-    work so far (the longest-processing-time rule; sizes in bytes stand in for work); each process's inputs stay in
-    the given order."""
+    work so far (the longest-processing-time rule; sizes in bytes stand in for work, and an input of unknown size,
+    0, weighs 1 byte, so that such inputs are dealt out in turn); each process's inputs stay in the given order."""
     loads = [(0, rank) for rank in range(processes)]
     shares: list[list[int]] = [[] for _ in range(processes)]
     for position in sorted(positions, key=lambda position: (-sizes[position], position)):
         load, rank = heapq.heappop(loads)
         shares[rank].append(position)
-        heapq.heappush(loads, (load + sizes[position], rank))
+        heapq.heappush(loads, (load + max(sizes[position], 1), rank))
     return [sorted(share) for share in shares]
 
 
@@ -143,12 +154,19 @@ class CorpusProgress:
         return found
 
     def wait(self, on_progress: Callable[[int], None] | None = None, poll_seconds: float = 0.5) -> list[dict]:
-        """Each shard's stats, once every shard's record says it is complete or was interrupted (a process that
-        dies ends the launch, and this one with it); `on_progress(inputs finished)` as they grow."""
+        """Each shard's stats, once every shard's record says it is complete or was interrupted; a shard whose
+        process failed (its record says so) ends the wait with an error naming it (a process that is killed ends
+        the launch, and this one with it); `on_progress(inputs finished)` as they grow."""
         while True:
             records = self.records()
             if on_progress is not None:
                 on_progress(sum(record["inputs_done"] for record in records.values()))
+            failed = [shard for shard, record in records.items() if record.get("stats", {}).get("failed")]
+            if failed:
+                raise RuntimeError(
+                    f"the process writing shard {', '.join(failed)} of {self.path} failed (its error is in its own "
+                    "output); what every process finished is kept: run again with --resume"
+                )
             ended = [record for record in records.values()
                      if record["complete"] or record.get("stats", {}).get("interrupted")]  # fmt: skip
             if len(ended) == len(self.shards):

@@ -100,9 +100,11 @@ def dataset_rows(dataset: Any, column: str | None = None, name: str = "dataset")
     if column not in media:
         raise ValueError(f"{name}'s column {column!r} is {dataset.features[column]}, not an Image or Video column")
     kind = type(dataset.features[column])
-    dataset = dataset.cast_column(column, kind(decode=False))
-    stored = dataset.data.column(column).combine_chunks()  # memory-mapped Arrow: no row is read into Python here
-    sizes = pc.fill_null(pc.binary_length(pc.struct_field(stored, "bytes")), 0).to_pylist()
+    # The rows as they are now (a select, filter or shuffle leaves an index mapping over the table: made real here).
+    dataset = dataset.flatten_indices().cast_column(column, kind(decode=False))
+    # Each row's bytes, read from the memory-mapped Arrow table chunk by chunk: no image is copied into Python.
+    sizes = [size for chunk in dataset.data.column(column).chunks
+             for size in pc.fill_null(pc.binary_length(pc.struct_field(chunk, "bytes")), 0).to_pylist()]  # fmt: skip
     return [DatasetRow(dataset, column, index, f"{name}[{index}]", size) for index, size in enumerate(sizes)]
 
 

@@ -148,7 +148,9 @@ class AnalysisRun:
                     yield self._analysed(batch, self._found(batch), bar)
                 return
             stream = torch.cuda.Stream(self.analyzer.device) if self.analyzer.device.type == "cuda" else None
-            with ThreadPoolExecutor(1, thread_name_prefix="affect-hf-faces") as finder:
+            # The thread's own current GPU is the model's, so that it opens no CUDA context on another one.
+            on_gpu = {"initializer": torch.cuda.set_device, "initargs": (self.analyzer.device,)} if stream else {}
+            with ThreadPoolExecutor(1, thread_name_prefix="affect-hf-faces", **on_gpu) as finder:
                 pending = None  # at most two batches in flight: this one at the model, the next at the detector
                 for batch in batches:
                     found = finder.submit(self._found, batch, stream)
@@ -212,11 +214,12 @@ class AnalysisRun:
             "model": analyzer.source,
             "model_version": model_version(analyzer),
             "backend": analyzer.backend,
-            "dtype": dtype_name(analyzer.model.dtype),
             "detector": [type(detector).__name__, getattr(detector, "min_score", None),
                          getattr(detector, "max_faces", None)],
             **{name: value for name, value in self.options.items() if name not in ("min_face_score", "max_faces")},
             "columns": _digest(self.schema.names),
+            # The model's dtype, where not fp32 (tables written before `--dtype` existed are fp32 and resume).
+            **({} if analyzer.model.dtype == torch.float32 else {"dtype": dtype_name(analyzer.model.dtype)}),
         }  # fmt: skip
 
     @staticmethod
@@ -310,7 +313,9 @@ class PredictionSummary:
     process_seconds: float = 0.0
 
     def stage_shares(self) -> dict[str, float]:
-        """Each stage's part of the processes' time (what is left is start-up, the bar and waiting)."""
+        """Each stage's part of the processes' time. Without overlap the stages follow one another and what is left
+        is the bar and bookkeeping; with it (on CUDA) detect and align run beside the model, and the shares can
+        add up to more than 1."""
         total = self.process_seconds or self.seconds
         return {stage: seconds / total for stage, seconds in self.stage_seconds.items()} if total else {}
 
@@ -401,6 +406,14 @@ def _predict_corpus(
         own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
         run = AnalysisRun(paths, model, progress=False, exclude=own_outputs, **{**options, "device": launch.device})
         fingerprint = run.fingerprint()
+        # Every process must see the same inputs, model and options as the first: the plan names inputs by position.
+        differing = sorted({key for other in launch.gather(fingerprint) for key in {*other, *fingerprint}
+                            if other.get(key) != fingerprint.get(key)})  # fmt: skip
+        if differing:
+            raise ValueError(
+                f"the processes of this launch do not see the same run ({', '.join(differing)} differ between them): "
+                "give every process the same inputs (a shared filesystem), model and options"
+            )
         plan = None
         if launch.is_main:
             try:
@@ -437,7 +450,14 @@ def _predict_corpus(
             bar.close()
             return summary
         started = clock.perf_counter()
-        stats = [] if summary.interrupted else shards.wait(lambda done: bar.update(done - bar.n))
+        stats = None
+        if not summary.interrupted:
+            try:
+                stats = shards.wait(lambda done: bar.update(done - bar.n))
+            except KeyboardInterrupt:
+                summary.interrupted = True
+        if stats is None:  # interrupted: what every shard has recorded so far
+            stats = [record.get("stats", {}) for record in shards.records().values()]
         bar.close()
         summary.seconds = clock.perf_counter() - started + (own.seconds if mine else 0.0)
         _sum_shards(summary, stats)
@@ -527,6 +547,7 @@ def _write_table(run: "AnalysisRun", writer: TableWriter, plots_dir, overlay, on
             "skipped": report.skipped, "interrupted": summary.interrupted,
             "corrupt_packets": report.corrupt_packets, "cut_at_seconds": report.cut_at_seconds,
             "cut_short": report.cut_short, "seconds": summary.seconds, "stage_seconds": summary.stage_seconds,
+            "failed": failing,
         }  # fmt: skip
         try:
             try:  # the rows first: whatever happens next, they are on disk

@@ -1,0 +1,149 @@
+"""The temporal affect model: what each frame sees (causal or the whole window, never a masked frame), frames placed
+by their numbers, the losses' missing-label and gap rules, and its folder loading through AutoModel with remote code
+where this package is not installed."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from affect_hf.modeling import TemporalAffectConfig, TemporalAffectModel
+from tests.runs import BLOCK_PROJECT_IMPORTS
+
+
+FEATURES, SCORES = 16, 28
+
+
+def tiny_temporal(causal: bool = False, seed: int = 0) -> TemporalAffectModel:
+    torch.manual_seed(seed)
+    config = TemporalAffectConfig(feature_size=FEATURES, num_scores=SCORES, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, dropout=0.0, causal=causal)  # fmt: skip
+    return TemporalAffectModel(config).eval()
+
+
+def window(batch: int = 2, length: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "features": torch.randn(batch, length, FEATURES, generator=generator),
+        "scores": torch.randn(batch, length, SCORES, generator=generator),
+        "positions": torch.arange(length).expand(batch, -1).clone(),
+        "mask": torch.ones(batch, length, dtype=torch.bool),
+    }
+
+
+def answers(model: TemporalAffectModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return torch.cat([outputs.valence_arousal, outputs.logits, outputs.au_logits], dim=-1)
+
+
+def test_outputs_follow_emma_s_contract_per_frame():
+    outputs = tiny_temporal()(**window())
+    assert outputs.valence_arousal.shape == (2, 10, 2)
+    assert outputs.logits.shape == (2, 10, 8) and outputs.au_logits.shape == (2, 10, 12)
+    one_frame = answers(tiny_temporal(), window(length=1))  # a face seen once still gets its answer
+    assert one_frame.shape == (2, 1, 22) and torch.isfinite(one_frame).all()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_causal_model_never_sees_later_frames_and_an_offline_one_does(causal):
+    model, inputs = tiny_temporal(causal), window()
+    before = answers(model, inputs)
+    changed = {**inputs, "features": inputs["features"].clone()}
+    changed["features"][:, 7:] += 3.0  # the last three frames change
+    after = answers(model, changed)
+    if causal:
+        torch.testing.assert_close(after[:, :7], before[:, :7])
+    else:
+        assert (after[:, :7] - before[:, :7]).abs().max() > 1e-3
+    assert (after[:, 7:] - before[:, 7:]).abs().max() > 1e-3
+
+
+def test_masked_frames_are_never_seen_and_frames_are_placed_by_their_numbers():
+    model, inputs = tiny_temporal(), window()
+    gap = {**inputs, "mask": inputs["mask"].clone(), "features": inputs["features"].clone()}
+    gap["mask"][:, 3:5] = False  # the face is hidden for two frames: whatever those rows hold is not read
+    gap["features"][:, 3:5] = float("nan")
+    with_gap = answers(model, gap)
+    assert torch.isfinite(with_gap).all()
+    kept = [0, 1, 2, 5, 6, 7, 8, 9]
+    # The same frames without the hidden ones, at their own numbers: the same answers.
+    alone = {name: value[:, kept] for name, value in inputs.items()}
+    torch.testing.assert_close(answers(model, alone), with_gap[:, kept])
+    # Closed up (numbered 0 .. 7, as if no time had passed): other answers. Shifted as a whole: the same.
+    closed = {**alone, "positions": torch.arange(8).expand(2, -1)}
+    assert (answers(model, closed) - with_gap[:, kept]).abs().max() > 1e-4
+    shifted = {**alone, "positions": alone["positions"] + 100_000}
+    torch.testing.assert_close(answers(model, shifted), with_gap[:, kept])
+
+
+def test_the_loss_reads_valid_labelled_frames_only():
+    model, inputs = tiny_temporal(), window()
+    generator = torch.Generator().manual_seed(2)
+    labels = {
+        "valence_arousal": torch.rand(2, 10, 2, generator=generator) * 2 - 1,
+        "expression": torch.randint(0, 8, (2, 10), generator=generator),
+        "action_units": torch.randint(0, 2, (2, 10, 12), generator=generator),
+    }
+    inputs["mask"][:, 8:] = False
+    loss = model(**inputs, **labels).loss
+    assert torch.isfinite(loss) and loss > 0
+    # Labels of a masked frame, or marked missing, change nothing.
+    other = {name: value.clone() for name, value in labels.items()}
+    other["valence_arousal"][:, 8:] = 0.9
+    other["expression"][:, 8:] = 3
+    other["action_units"][:, 8:] = 1
+    torch.testing.assert_close(model(**inputs, **other).loss, loss)
+    missing = {name: value.clone() for name, value in labels.items()}
+    missing["expression"][:, 0], missing["valence_arousal"][:, 1] = -1, -5.0
+    changed = {name: value.clone() for name, value in missing.items()}
+    changed["expression"][:, 0], changed["valence_arousal"][:, 1] = 5, 0.3
+    assert not torch.allclose(model(**inputs, **changed).loss, model(**inputs, **missing).loss)
+    expression_only = model(**inputs, expression=torch.full((2, 10), -1)).loss
+    assert expression_only == 0 and expression_only.requires_grad  # nothing labelled: 0, still in the graph
+
+
+def test_a_head_width_rotary_positions_cannot_turn_is_refused():
+    with pytest.raises(ValueError, match="heads of an even width"):
+        TemporalAffectConfig(hidden_size=30, num_attention_heads=2)
+
+
+REMOTE_LOADER = BLOCK_PROJECT_IMPORTS + textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModel
+
+    folder, inputs_path, output_path = sys.argv[1:4]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    with torch.no_grad():
+        outputs = model(**torch.load(inputs_path))
+    torch.save({name: outputs[name] for name in ("valence_arousal", "logits", "au_logits")}, output_path)
+    """
+)
+
+
+def test_the_folder_loads_with_auto_model_and_with_remote_code_without_this_package(tmp_path):
+    model, inputs = tiny_temporal(causal=True), window()
+    model.config.frame_model, model.config.frame_model_sha256 = "runs/emma/best_model", "0" * 64
+    model.save_pretrained(tmp_path / "temporal")
+    names = {path.name for path in (tmp_path / "temporal").iterdir()}
+    assert {"modeling_temporal.py", "configuration_temporal.py", "losses.py", "model.safetensors"} <= names
+    loaded = AutoModel.from_pretrained(tmp_path / "temporal").eval()
+    assert type(loaded) is TemporalAffectModel and loaded.config.causal
+    assert loaded.config.frame_model_sha256 == "0" * 64
+    torch.testing.assert_close(answers(loaded, inputs), answers(model, inputs))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    (tmp_path / "load.py").write_text(REMOTE_LOADER)
+    result = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(tmp_path / "temporal"),
+                             str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")], capture_output=True, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        local = model(**inputs)
+    for name in ("valence_arousal", "logits", "au_logits"):
+        torch.testing.assert_close(remote[name], local[name])
