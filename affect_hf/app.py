@@ -9,7 +9,9 @@ page as a Hugging Face Space.
 
 import json
 import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,9 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
         rows_out = gr.Textbox(label="Results (JSON, the predict table's columns)", lines=8, elem_id="results-json")
         image_button.click(on_image, image_in, [image_out, figure_out, rows_out, notice])
         file_button.click(on_file, file_in, [image_out, figure_out, rows_out, notice, table_out, plots_out])
+    # The tables and plots it served go with the page (when it is closed or the process ends), not left in /tmp.
+    page.work_folder = work
+    weakref.finalize(page, shutil.rmtree, work, True)
     return page
 
 

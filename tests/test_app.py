@@ -160,3 +160,21 @@ def test_the_space_file_builds_the_page(emma_folder, monkeypatch):
     assert isinstance(module.demo, gr.Blocks) and module.MODEL == str(emma_folder)
     requirements = (space.parent / "requirements.txt").read_text()
     assert "affect-hf[app,video,plots]" in requirements
+
+
+def test_the_tables_and_plots_a_page_served_are_removed_when_its_process_ends(emma_folder):
+    import subprocess
+    import sys
+
+    from tests.runs import REPO_ROOT
+
+    script = (
+        "import affect_hf\nfrom affect_hf.app import build_app\n"
+        f"page = build_app(affect_hf.pipeline({str(emma_folder)!r}, device='cpu'))\n"
+        "assert page.work_folder.is_dir()\nprint(page.work_folder)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    work = Path(result.stdout.strip().splitlines()[-1])
+    assert work.name.startswith("affect-hf-app-") and not work.exists()
