@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import datasets
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
@@ -147,3 +149,62 @@ def test_the_folder_loads_with_auto_model_and_with_remote_code_without_this_pack
         local = model(**inputs)
     for name in ("valence_arousal", "logits", "au_logits"):
         torch.testing.assert_close(remote[name], local[name])
+
+
+def frames_table(videos: dict[str, list[int]]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({
+        "video": [video for video, numbers in videos.items() for _ in numbers],
+        "frame": [number for numbers in videos.values() for number in numbers],
+    })  # fmt: skip
+
+
+def test_windows_span_frame_numbers_so_a_gap_is_a_gap_and_each_video_ends_in_one():
+    from affect_hf.data.frame_features import Window, track_windows
+
+    # Video a: frames 1-10 without 4 and 5 (the face was hidden); video b: three frames.
+    table = frames_table({"a": [1, 2, 3, 6, 7, 8, 9, 10], "b": [1, 2, 3]})
+    windows = track_windows(table, span=4, stride=3)
+    assert windows == [
+        Window("a", 0, 3),  # frames 1-4: 1, 2, 3 (4 is missing: the window is shorter, not padded)
+        Window("a", 3, 5),  # frames 4-7: 6, 7
+        Window("a", 4, 8),  # frames 7-10: the last reaches the video's end
+        Window("b", 8, 11),  # shorter than a window: one window
+    ]
+    covered = {row for window in windows for row in range(window.start, window.stop)}
+    assert covered == set(range(len(table)))  # every frame is in some window
+    with pytest.raises(ValueError, match="1 <= stride <= span"):
+        track_windows(table, span=4, stride=5)
+
+
+def test_frame_features_are_extracted_once_and_read_back(tmp_path):
+    """The frozen EMMA's pooled feature and VA-head scores per frame of a track, through `datasets.map`, cached as
+    Arrow: the second run reads the file (here with the images gone, so it cannot have recomputed them)."""
+    import shutil
+
+    from affect_hf.data import load_abaw_track, make_synthetic_abaw
+    from affect_hf.data.frame_features import extract_frame_features
+    from tests.test_modeling import tiny_emma_with_visible_heads
+
+    root = make_synthetic_abaw(tmp_path / "abaw", num_train=24, num_validation=8, num_test=2, image_size=32,
+                               frames_per_video=8, layout="tracks")  # fmt: skip
+    split = load_abaw_track(root, "va", "validation")
+    model = tiny_emma_with_visible_heads().eval()
+    cache = tmp_path / "run" / "features"
+    frames = extract_frame_features(model, split, cache, "a" * 64, batch_size=3)
+    assert frames.num_rows == split.num_rows and {"features", "scores", "video", "frame"} <= set(frames.column_names)
+    from affect_hf.data.datasets import AbawMtlTorchDataset
+
+    first = AbawMtlTorchDataset(split, image_size=model.config.image_size, train=False)[0]["pixel_values"]
+    with torch.no_grad():
+        outputs = model(pixel_values=first[None])
+    np.testing.assert_allclose(frames[0]["features"], outputs.pooler_output[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        frames[0]["scores"],
+        torch.cat([outputs.cnn_logits, outputs.logits, outputs.au_logits], -1)[0].numpy(),
+        atol=1e-5,
+    )
+    shutil.rmtree(root / "cropped_aligned")
+    again = extract_frame_features(model, split, cache, "a" * 64, batch_size=3)
+    np.testing.assert_array_equal(np.asarray(again["scores"]), np.asarray(frames["scores"]))
+    with pytest.raises((FileNotFoundError, OSError)):  # other weights are another extraction: it reads the images
+        extract_frame_features(model, split, cache, "b" * 64, batch_size=3)

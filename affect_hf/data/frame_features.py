@@ -1,0 +1,95 @@
+"""A frozen frame-level model's per-frame outputs over a video track, extracted once and cached as Arrow, and the
+windows of them a temporal model trains and is scored on.
+
+Extraction is the cost (the ViT over every frame); it runs through `datasets.map` into an Arrow file named by the
+split's and the model's fingerprints, beside the run's output, so a second run (or a resumed one) reads it back.
+Windows span `window` frame numbers (not rows): a frame without an image is a gap in its window, never a row of
+zeros; the temporal model places each frame by its number.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ..modeling.modeling_temporal import frame_inputs
+from .datasets import AbawMtlTorchDataset
+
+
+FEATURES_FORMAT_VERSION = 1  # bumped when what `extract_frame_features` writes changes
+
+
+def frame_features_fingerprint(split: Dataset, model_weights_sha256: str, image_size: int) -> str:
+    """What names an extraction: the split's rows (its `datasets` fingerprint), the model's weights and the input
+    size. A changed split or model is another file, never a stale one read back."""
+    key = f"{split._fingerprint}|{model_weights_sha256}|{image_size}|{FEATURES_FORMAT_VERSION}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+@torch.inference_mode()
+def extract_frame_features(
+    model: Any, split: Dataset, cache_dir: str | os.PathLike, model_weights_sha256: str, batch_size: int = 64
+) -> Dataset:
+    """`split` (a track reader's rows: image, video, frame, labels) with two more columns per frame, `features`
+    (the frame model's pooled feature) and `scores` (the scores its VA head reads, `frame_inputs`), in float32.
+
+    Read back from `cache_dir/frame_features-<fingerprint>.arrow` when an earlier run wrote it (`datasets.map`
+    writes it whole or not at all: a killed extraction leaves nothing half-written to read back).
+    """
+    image_size = model.config.image_size
+    fingerprint = frame_features_fingerprint(split, model_weights_sha256, image_size)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    images = AbawMtlTorchDataset(split, image_size=image_size, train=False)
+    inner = getattr(model, "module", model)
+
+    def extract(batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
+        pixel_values = torch.stack([images[index]["pixel_values"] for index in indices])
+        outputs = model(pixel_values=pixel_values.to(inner.device, inner.dtype))
+        features, scores = frame_inputs(outputs)
+        return {"features": features.float().cpu().numpy(), "scores": scores.float().cpu().numpy()}
+
+    return split.map(
+        extract, batched=True, batch_size=batch_size, with_indices=True, new_fingerprint=fingerprint,
+        cache_file_name=str(cache_dir / f"frame_features-{fingerprint}.arrow"), desc="frame features",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows `start` to `stop` of one video's frames: those whose numbers lie in [first, first + span)."""
+
+    video: str
+    start: int
+    stop: int
+
+
+def track_windows(frames: Dataset, span: int, stride: int) -> list[Window]:
+    """Windows over each video of `frames` (rows per video, frames in order, as the track readers give them):
+    `span` frame numbers long, one every `stride` frame numbers, the last reaching the video's last frame. A video
+    shorter than `span` is one window; a window the gaps leave empty is dropped."""
+    if span < 1 or not 1 <= stride <= span:
+        raise ValueError(f"windows need span >= 1 and 1 <= stride <= span, got span {span} and stride {stride}")
+    videos = np.asarray(frames["video"])
+    numbers = np.asarray(frames["frame"], dtype=np.int64)
+    windows = []
+    boundaries = np.flatnonzero(videos[1:] != videos[:-1]) + 1
+    for first_row, end_row in zip([0, *boundaries], [*boundaries, len(videos)], strict=True):
+        video_numbers = numbers[first_row:end_row]
+        first, last = int(video_numbers[0]), int(video_numbers[-1])
+        starts = list(range(first, max(last - span + 1, first) + 1, stride))
+        if starts[-1] + span <= last:
+            starts.append(last - span + 1)  # the last window ends at the video's end
+        for start in starts:
+            rows = np.searchsorted(video_numbers, [start, start + span])
+            if rows[1] > rows[0]:
+                windows.append(Window(str(videos[first_row]), first_row + int(rows[0]), first_row + int(rows[1])))
+    return windows
+
+
+__all__ = ["Window", "extract_frame_features", "frame_features_fingerprint", "track_windows"]
