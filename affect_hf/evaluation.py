@@ -93,33 +93,46 @@ Gather = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
-def iter_predictions(model, dataloader, gather: Gather | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def iter_predictions(
+    model, dataloader, gather: Gather | None = None, forward: Callable | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
     """Per batch, in the loader's order: the model's answers (`valence_arousal`, `expression` probabilities,
     `action_units` probabilities, those it has) and the batch's labels (`reference_<name>`), float, on the CPU.
 
     `model` is a torch model (also one prepared by Accelerate) or an ONNX model (`affect_hf.models`); its inputs
-    are moved to its device and dtype here, so the loader may be a plain one.
+    are moved to its device and dtype here, so the loader may be a plain one. `forward(model, batch)` runs a model
+    whose inputs are not pixels (the temporal model's windows); a batch with a `mask` (B x T windows of frames) is
+    answered per frame, its valid frames only, in order, after gathering.
     """
     model.eval()
     inner = getattr(model, "module", model)  # a distributed wrapper holds the model
     for batch in dataloader:
-        pixel_values = send_to_device(batch["pixel_values"], inner.device).to(inner.dtype)
-        scores = affect_scores(model(pixel_values=pixel_values), inner.config)
+        if forward is None:
+            pixel_values = send_to_device(batch["pixel_values"], inner.device).to(inner.dtype)
+            outputs = model(pixel_values=pixel_values)
+        else:
+            outputs = forward(model, batch)
+        scores = affect_scores(outputs, inner.config)
         columns = {PREDICTED[name]: value for name, value in scores.items() if name in PREDICTED}
         columns.update({f"reference_{LABELLED[name]}": batch[name] for name in LABELLED if name in batch})
         columns = {name: value.float() for name, value in columns.items()}
+        if "mask" in batch:
+            columns["mask"] = batch["mask"].float()
         if gather is not None:
             columns = gather(columns)
+        if "mask" in columns:
+            valid = columns.pop("mask").bool()
+            columns = {name: value[valid] for name, value in columns.items()}
         yield {name: value.cpu() for name, value in columns.items()}
 
 
 def collect_predictions(
-    model, dataloader, gather: Gather | None = None
+    model, dataloader, gather: Gather | None = None, forward: Callable | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`iter_predictions` over the whole loader: (answers, labels) as arrays in dataset order, labels as ints
     except valence/arousal."""
     collected: dict[str, list[np.ndarray]] = {}
-    for columns in iter_predictions(model, dataloader, gather):
+    for columns in iter_predictions(model, dataloader, gather, forward):
         for name, value in columns.items():
             collected.setdefault(name, []).append(value.numpy())
     arrays = {name: np.concatenate(values) for name, values in collected.items()}

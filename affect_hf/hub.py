@@ -97,7 +97,7 @@ def render_model_card(
         template_path=str(template),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        image_size=model.config.image_size,
+        image_size=getattr(model.config, "image_size", None),
         scores=scores,
         data_dir=data_dir,
         data_note=data_note,
@@ -113,7 +113,8 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, car
     staging = staging_folder(output_dir)
     try:
         model.save_pretrained(staging)
-        build_image_processor(model.config.image_size).save_pretrained(staging)
+        if hasattr(model.config, "image_size"):  # a model of pictures; the temporal model reads features
+            build_image_processor(model.config.image_size).save_pretrained(staging)
         (card or render_model_card(model)).save(staging / "README.md")
         publish_folder(staging, output_dir)
     except BaseException:

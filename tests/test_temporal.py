@@ -174,6 +174,9 @@ def test_windows_span_frame_numbers_so_a_gap_is_a_gap_and_each_video_ends_in_one
     assert covered == set(range(len(table)))  # every frame is in some window
     with pytest.raises(ValueError, match="1 <= stride <= span"):
         track_windows(table, span=4, stride=5)
+    # For evaluation: side by side, the last cut short, every frame in exactly one window, in order.
+    once = track_windows(table, span=4, stride=4, each_frame_once=True)
+    assert once == [Window("a", 0, 3), Window("a", 3, 6), Window("a", 6, 8), Window("b", 8, 11)]
 
 
 def test_frame_features_are_extracted_once_and_read_back(tmp_path):
@@ -208,3 +211,100 @@ def test_frame_features_are_extracted_once_and_read_back(tmp_path):
     np.testing.assert_array_equal(np.asarray(again["scores"]), np.asarray(frames["scores"]))
     with pytest.raises((FileNotFoundError, OSError)):  # other weights are another extraction: it reads the images
         extract_frame_features(model, split, cache, "b" * 64, batch_size=3)
+
+
+def test_windows_are_padded_to_their_span_and_the_padding_changes_nothing():
+    from torch.utils.data import default_collate
+
+    from affect_hf.data.frame_features import WindowDataset, track_windows
+
+    generator = np.random.default_rng(0)
+    numbers = {"a": [1, 2, 3, 6, 7, 8, 9, 10], "b": [1, 2, 3]}
+    count = sum(map(len, numbers.values()))
+    table = frames_table(numbers)
+    table = table.add_column("features", list(generator.normal(size=(count, FEATURES)).astype(np.float32)))
+    table = table.add_column("scores", list(generator.normal(size=(count, SCORES)).astype(np.float32)))
+    table = table.add_column("valence", generator.uniform(-1, 1, count).astype(np.float32))
+    table = table.add_column("arousal", generator.uniform(-1, 1, count).astype(np.float32))
+    table = table.add_column("expression", generator.integers(0, 8, count))
+    table = table.add_column("action_units", list(generator.integers(0, 2, (count, 12)).astype(np.int8)))
+    windows = track_windows(table, span=4, stride=3)
+    items = WindowDataset(table, windows, span=4)
+    first = items[0]  # frames 1, 2, 3 of video a, then one padded frame
+    assert first["features"].shape == (4, FEATURES) and first["mask"].tolist() == [True, True, True, False]
+    assert first["positions"].tolist() == [1, 2, 3, 3] and first["expression"][3] == -1
+    assert first["valence_arousal"][3].tolist() == [-5.0, -5.0] and (first["action_units"][3] == -1).all()
+    np.testing.assert_allclose(first["features"][:3].numpy(), np.asarray(table["features"][:3]))
+    batch = default_collate([items[index] for index in range(len(items))])
+    model = tiny_temporal()
+    padded = model(**batch)
+    assert padded.valence_arousal.shape == (len(windows), 4, 2) and torch.isfinite(padded.loss)
+    # The same first window unpadded: the same answers on its frames.
+    unpadded = {name: value[:1, :3] for name, value in batch.items()}
+    torch.testing.assert_close(answers(model, unpadded), answers(model, batch)[:1, :3])
+
+
+# ---------------------------------------------------------------------------------------------- the temporal recipe
+
+
+@pytest.fixture(scope="module")
+def track_root(tmp_path_factory):
+    from affect_hf.data import make_synthetic_abaw
+
+    return make_synthetic_abaw(tmp_path_factory.mktemp("tracks"), num_train=48, num_validation=16, num_test=2,
+                               image_size=32, frames_per_video=16, layout="tracks")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def frame_emma(tmp_path_factory):
+    from affect_hf.hub import save_model_folder
+    from tests.test_modeling import tiny_emma_with_visible_heads
+
+    return save_model_folder(tiny_emma_with_visible_heads(), tmp_path_factory.mktemp("frame") / "emma")
+
+
+def temporal_run(root, emma, output_dir, **overrides):
+    from tests.runs import run_arguments
+
+    fields = dict(data_dir=str(root), frame_model=str(emma), task="va", window_seconds=0.2, fps=30.0,
+                  window_overlap=0.5, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                  per_device_train_batch_size=4, num_train_epochs=2, feature_batch_size=16)  # fmt: skip
+    return run_arguments("temporal", output_dir, **{**fields, **overrides})
+
+
+def test_the_temporal_recipe_trains_on_cached_features_and_scores_every_frame_once(track_root, frame_emma, tmp_path):
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from affect_hf.evaluation import collect_predictions, load_split
+    from affect_hf.models import weights_sha256
+    from affect_hf.training import get_recipe, train
+    from affect_hf.training.recipes.temporal import window_forward
+
+    output = tmp_path / "temporal"
+    training_args, recipe_args = temporal_run(track_root, frame_emma, output)
+    train(training_args, recipe_args)
+    assert len(list((output / "frame_features").glob("frame_features-*.arrow"))) == 2  # train and validation
+    best = AutoModel.from_pretrained(output / "best_model")
+    assert type(best) is TemporalAffectModel
+    assert best.config.frame_model == str(frame_emma)
+    assert best.config.frame_model_sha256 == weights_sha256(frame_emma)
+    assert (output / "best_model" / "README.md").is_file()
+    assert not (output / "best_model" / "preprocessor_config.json").exists()  # it reads features, not pictures
+    # Evaluation reads every validation frame once, in order: its references are the split's labels as they are.
+    recipe = get_recipe("temporal")(training_args, recipe_args)
+    data = recipe.build_data(best, Accelerator(cpu=True))
+    predictions, references = collect_predictions(best, DataLoader(data.evaluation, batch_size=3),
+                                                  forward=window_forward)  # fmt: skip
+    split = load_split(track_root, "va", "validation")
+    np.testing.assert_array_equal(references["valence_arousal"][:, 0], np.asarray(split["valence"]))
+    assert predictions["valence_arousal"].shape == (split.num_rows, 2)
+
+
+def test_a_killed_temporal_run_resumes_to_the_same_weights(track_root, frame_emma, tmp_path):
+    from tests.runs import kill_mid_run_and_resume
+
+    args = temporal_run(track_root, frame_emma, tmp_path / "unused", max_steps=12, save_steps=4, save_total_limit=2,
+                        num_train_epochs=4)  # fmt: skip
+    killed = kill_mid_run_and_resume(*args, state_step=4, tmp_path=tmp_path)
+    assert killed["global_step"] >= 4

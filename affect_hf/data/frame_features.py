@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..labels import MISSING_ACTION_UNIT, MISSING_EXPRESSION, MISSING_VALENCE_AROUSAL
 from ..modeling.modeling_temporal import frame_inputs
 from .datasets import AbawMtlTorchDataset
 
@@ -69,22 +70,27 @@ class Window:
     stop: int
 
 
-def track_windows(frames: Dataset, span: int, stride: int) -> list[Window]:
+def track_windows(frames: Dataset, span: int, stride: int, each_frame_once: bool = False) -> list[Window]:
     """Windows over each video of `frames` (rows per video, frames in order, as the track readers give them):
-    `span` frame numbers long, one every `stride` frame numbers, the last reaching the video's last frame. A video
-    shorter than `span` is one window; a window the gaps leave empty is dropped."""
+    `span` frame numbers long, one every `stride` frame numbers, the last reaching the video's last frame (for
+    training: every window full length). `each_frame_once` (evaluation): windows side by side, the last cut short,
+    so that every frame is in exactly one, in order. A video shorter than `span` is one window; a window the gaps
+    leave empty is dropped."""
     if span < 1 or not 1 <= stride <= span:
         raise ValueError(f"windows need span >= 1 and 1 <= stride <= span, got span {span} and stride {stride}")
     videos = np.asarray(frames["video"])
     numbers = np.asarray(frames["frame"], dtype=np.int64)
     windows = []
     boundaries = np.flatnonzero(videos[1:] != videos[:-1]) + 1
-    for first_row, end_row in zip([0, *boundaries], [*boundaries, len(videos)], strict=True):
+    for first_row, end_row in zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(videos)], strict=True):
         video_numbers = numbers[first_row:end_row]
         first, last = int(video_numbers[0]), int(video_numbers[-1])
-        starts = list(range(first, max(last - span + 1, first) + 1, stride))
-        if starts[-1] + span <= last:
-            starts.append(last - span + 1)  # the last window ends at the video's end
+        if each_frame_once:
+            starts = list(range(first, last + 1, span))
+        else:
+            starts = list(range(first, max(last - span + 1, first) + 1, stride))
+            if starts[-1] + span <= last:
+                starts.append(last - span + 1)  # the last window ends at the video's end
         for start in starts:
             rows = np.searchsorted(video_numbers, [start, start + span])
             if rows[1] > rows[0]:
@@ -92,4 +98,44 @@ def track_windows(frames: Dataset, span: int, stride: int) -> list[Window]:
     return windows
 
 
-__all__ = ["Window", "extract_frame_features", "frame_features_fingerprint", "track_windows"]
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows of frame features as a temporal model's inputs, each padded to `span` frames so that the loop's
+    default collate stacks them: `features`, `scores`, `positions` (the frames' numbers), `mask` (True for a real
+    frame) and the frames' labels with EMMA's missing codes (padding is masked, whatever its labels)."""
+
+    def __init__(self, frames: Dataset, windows: list[Window], span: int):
+        self.windows, self.span = windows, span
+        # Read a window at a time from the (memory-mapped) Arrow table: the features never all sit in memory.
+        self.frames = frames.with_format("numpy", columns=["features", "scores", "frame", "valence", "arousal",
+                                                           "expression", "action_units"])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The loop's per-epoch call (augmentation seeds, for pictures): windows of features are not augmented."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        window = self.windows[index]
+        columns, count = self.frames[window.start : window.stop], window.stop - window.start
+
+        def padded(values: np.ndarray, fill: float, dtype: torch.dtype) -> torch.Tensor:
+            out = np.full((self.span, *values.shape[1:]), fill, dtype=values.dtype)
+            out[:count] = values
+            return torch.as_tensor(out, dtype=dtype)
+
+        valence_arousal = np.stack([columns["valence"], columns["arousal"]], axis=-1)
+        positions = padded(columns["frame"], 0, torch.int64)
+        positions[count:] = positions[count - 1] if count else 0  # padding sits at the last frame (masked anyway)
+        return {
+            "features": padded(columns["features"], 0.0, torch.float32),
+            "scores": padded(columns["scores"], 0.0, torch.float32),
+            "positions": positions,
+            "mask": torch.arange(self.span) < count,
+            "valence_arousal": padded(valence_arousal, MISSING_VALENCE_AROUSAL, torch.float32),
+            "expression": padded(columns["expression"], MISSING_EXPRESSION, torch.int64),
+            "action_units": padded(columns["action_units"], MISSING_ACTION_UNIT, torch.int64),
+        }
+
+
+__all__ = ["Window", "WindowDataset", "extract_frame_features", "frame_features_fingerprint", "track_windows"]

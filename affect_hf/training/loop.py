@@ -377,13 +377,14 @@ class _Run:
             window_start = position - position % accumulation
             window_end = min(window_start + accumulation, plan.micro_batches_per_epoch)
             last_in_window = position + 1 == window_end
+            inputs = plan.unwrapped.main_input_name  # pixel_values; the temporal model's windows: features
             if self.skipped_everywhere(batch):
-                self.skip_micro_batch(epoch, len(batch.get("pixel_values", ())) + unreadable, window_end - window_start,
+                self.skip_micro_batch(epoch, len(batch.get(inputs, ())) + unreadable, window_end - window_start,
                                       last_in_window)  # fmt: skip
                 self.window.unreadable += unreadable
             else:
                 outputs = plan.training_step.backward(batch, window_end - window_start, last_in_window)
-                self.window.add(outputs, len(batch["pixel_values"]), unreadable)
+                self.window.add(outputs, len(batch[inputs]), unreadable)
                 self.window_batch = batch
             state.batches_in_epoch += 1
             if last_in_window:
@@ -394,7 +395,7 @@ class _Run:
     def skipped_everywhere(self, batch: dict) -> bool:
         """Whether this micro-batch is skipped: when any process's holds no readable image, every process skips its
         own (data-parallel processes must run the same forwards and backwards, or the gradient all-reduce hangs)."""
-        empty = "pixel_values" not in batch
+        empty = self.plan.unwrapped.main_input_name not in batch
         if self.accelerator.num_processes == 1:
             return empty
         flag = torch.tensor([float(empty)], device=self.accelerator.device)

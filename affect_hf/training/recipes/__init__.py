@@ -8,7 +8,8 @@ from importlib import import_module
 
 
 # Recipe name -> its class, in the module of the same name.
-RECIPES = {"emma": "EmmaRecipe", "mae": "MaeRecipe", "cotex": "CotexRecipe", "dan": "DanRecipe"}
+RECIPES = {"emma": "EmmaRecipe", "mae": "MaeRecipe", "cotex": "CotexRecipe", "dan": "DanRecipe",
+           "temporal": "TemporalRecipe"}  # fmt: skip
 RECIPE_NAMES = tuple(RECIPES)
 
 
