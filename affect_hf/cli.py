@@ -326,6 +326,10 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse a temporal model whose frame model's weights are not the ones it was trained on",
+    )  # fmt: skip
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -335,7 +339,7 @@ def evaluate(args: argparse.Namespace) -> None:
         raise ValueError("--model at most twice (a side-by-side of two models)")
     results = evaluate_models(
         args.model, args.data_dir, args.track, args.output_dir, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device, backend=args.backend, dtype=args.dtype,
+        num_workers=args.num_workers, device=args.device, backend=args.backend, dtype=args.dtype, strict=args.strict,
     )  # fmt: skip
     for key, entry in results["models"].items():
         shown = {n: v for n, v in entry["scores"].items() if n.startswith(("P_", "f1_macro", "accuracy"))}

@@ -12,6 +12,7 @@ test-set predictions, so that all of them read a split, predict it and score it 
 """
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from .data import AbawMtlTorchDataset, AffectImageTransform, ImageDataset, class_label, load_abaw_mtl
 from .data.abaw_lsd import load_abaw_lsd
 from .data.abaw_tracks import load_abaw_track
+from .data.frame_features import WindowDataset, extract_frame_features, track_windows
 from .labels import (
     ABAW_EXPRESSIONS,
     LSD_EXPRESSIONS,
@@ -34,6 +36,7 @@ from .labels import (
 )
 from .metrics import ABAW_TASK_SCORES, abaw_mtl_score, abaw_task_scores, classification_scores, fit_au_thresholds
 from .modeling.pipeline_affect import affect_scores
+from .models import TEMPORAL_MODEL_TYPE, load_frame_model, weights_sha256
 
 
 EVALUATION_TRACKS = ("mtl", "va", "expr", "au", "lsd")
@@ -201,15 +204,44 @@ class ModelEvaluation:
     unavailable: dict[str, str]
 
 
+def window_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """A temporal model on a batch of windows (`forward` of `collect_predictions`)."""
+    device = getattr(model, "module", model).device
+    batch = send_to_device(batch, device)
+    return model(features=batch["features"], scores=batch["scores"], positions=batch["positions"], mask=batch["mask"])
+
+
+def evaluation_windows(frames: Dataset, span: int) -> WindowDataset:
+    """A split's frame features (`data.frame_features`) in windows of `span` frames side by side: every frame once,
+    in order, as a temporal model is scored."""
+    return WindowDataset(frames, track_windows(frames, span, span, each_frame_once=True), span)
+
+
 def evaluate_model(
-    model, split: Dataset, track: str, batch_size: int = 64, num_workers: int = 0, name: str = "the model"
-) -> ModelEvaluation:
-    """Score a loaded model (`affect_hf.models.load_affect_model`) on a split of `track`, in order."""
+    model, split: Dataset, track: str, batch_size: int = 64, num_workers: int = 0, name: str = "the model",
+    cache_dir: str | os.PathLike | None = None, frame_model: str | os.PathLike | None = None, strict: bool = False,
+) -> ModelEvaluation:  # fmt: skip
+    """Score a loaded model (`affect_hf.models.load_affect_model`) on a split of `track`, in order.
+
+    A temporal model is scored on its frame model's features (`load_frame_model`: the one it names, or
+    `frame_model`; `strict` refuses other weights), extracted into `cache_dir` (default: a temporary folder), in
+    windows of its training length, every frame once."""
     check_track(track)
-    check_model_for_track(model.config, track, name)
-    dataset = split_dataset(split, track, model.config.image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    predictions, references = collect_predictions(model, loader)
+    if model.config.model_type == TEMPORAL_MODEL_TYPE:
+        frame = load_frame_model(model, device=model.device, frame_model=frame_model, strict=strict, dtype="fp32")
+        check_model_for_track(frame.config, track, name)
+        with tempfile.TemporaryDirectory(prefix="affect-hf-features-") as temporary:
+            frames = extract_frame_features(frame, split, cache_dir or temporary,
+                                            weights_sha256(frame_model or model.config.frame_model) or "hub",
+                                            batch_size)  # fmt: skip
+            loader = DataLoader(evaluation_windows(frames, model.config.window_frames or 1), batch_size=batch_size,
+                                shuffle=False)  # fmt: skip
+            predictions, references = collect_predictions(model, loader, forward=window_forward)
+    else:
+        check_model_for_track(model.config, track, name)
+        dataset = split_dataset(split, track, model.config.image_size)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        predictions, references = collect_predictions(model, loader)
     missing = unavailable_tasks(references, track)
     if track == "lsd":
         scores = classification_scores(predictions["expression"], references["expression"], LSD_EXPRESSIONS)
@@ -229,7 +261,9 @@ __all__ = [
     "collect_predictions",
     "evaluate_classifier",
     "evaluate_model",
+    "evaluation_windows",
     "iter_predictions",
+    "window_forward",
     "labelled",
     "load_split",
     "score_predictions",

@@ -8,6 +8,7 @@ and `au_logits`) and carry `.config`, `.device` and `.dtype`, so the code that r
 """
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from .files import file_sha256
 # The model types that give affect answers; a frame-level model maps a face crop to them. (A sequence model over a
 # face's frames is another kind of input: it would be added here with the reader it needs.)
 AFFECT_MODEL_TYPES = ("emma", "cotex", "dan")
+# A sequence model over a face's frames, reading a frame-level EMMA's outputs (`load_frame_model` gives that EMMA).
+TEMPORAL_MODEL_TYPE = "temporal_affect"
 BACKENDS = ("torch", "onnx", "onnx-int8")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 # The precisions an affect model runs inference in (`--dtype`); `auto` picks one per device (`resolve_dtype`).
@@ -37,6 +40,8 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 # An `affect-hf export onnx` folder: the fp32 graph, the int8 graph, and the record of both (see `affect_hf.export`).
 ONNX_FILE, INT8_FILE, RECORD_FILE = "model.onnx", "model_int8.onnx", "onnx_export.json"
 ONNX_SUBFOLDER = "onnx"
+
+logger = logging.getLogger(__name__)
 
 
 class NotAnAffectModelError(ValueError):
@@ -153,6 +158,8 @@ def load_affect_model(
     name = check_model_location(name_or_path)
     config = AutoConfig.from_pretrained(name, **hub_options)
     check_affect_config(config, name)
+    if config.model_type == TEMPORAL_MODEL_TYPE and backend != "torch":
+        raise ValueError(f"{name} is a temporal model: it runs on torch (its frame model may run on {backend})")
     if backend == "torch":
         with readable_weights(name):
             return AutoModel.from_pretrained(name, dtype=precision, **hub_options).eval().to(target)
@@ -178,10 +185,40 @@ def readable_weights(name: str | os.PathLike) -> Iterator[None]:
 
 
 def check_affect_config(config: PreTrainedConfig, name: str) -> None:
-    if config.model_type not in AFFECT_MODEL_TYPES:
+    if config.model_type not in (*AFFECT_MODEL_TYPES, TEMPORAL_MODEL_TYPE):
         raise NotAnAffectModelError(
-            f"{name} holds a {config.model_type!r} model, not an affect model ({', '.join(AFFECT_MODEL_TYPES)})"
+            f"{name} holds a {config.model_type!r} model, not an affect model "
+            f"({', '.join((*AFFECT_MODEL_TYPES, TEMPORAL_MODEL_TYPE))})"
         )
+
+
+def load_frame_model(
+    temporal: Any, device: str | torch.device = "auto", frame_model: str | os.PathLike | None = None,
+    strict: bool = False, **options: Any,
+):  # fmt: skip
+    """The frame-level EMMA a temporal model reads (`frame_model`, default the one its config names), checked: one
+    whose feature width or score count differs is refused; one whose weights are not those it was trained on is
+    refused with `strict`, else warned about (a Hub id's weights are not hashed here)."""
+    config = temporal.config
+    name = str(frame_model or config.frame_model)
+    frame = load_affect_model(name, device=device, **options)
+    width = frame.config.vit_config.hidden_size if frame.config.model_type == "emma" else None
+    scores = frame.config.num_labels + getattr(frame.config, "num_action_units", 0)
+    if getattr(frame.config, "use_cnn_scores", False):
+        scores += frame.config.cnn_config.num_labels
+    if width != config.feature_size or scores != config.num_scores:
+        raise ValueError(
+            f"the temporal model reads {config.feature_size}-wide features and {config.num_scores} scores; the frame "
+            f"model {name} gives {width} and {scores}: use the EMMA it was trained on ({config.frame_model})"
+        )
+    sha = weights_sha256(name)
+    if config.frame_model_sha256 and sha and sha != config.frame_model_sha256:
+        message = (f"the frame model {name} has other weights (sha256 {sha[:12]}...) than the one the temporal "
+                   f"model was trained on ({config.frame_model_sha256[:12]}...)")  # fmt: skip
+        if strict:
+            raise ValueError(message + "; without --strict it is used all the same")
+        logger.warning("%s: its answers may be off", message)
+    return frame
 
 
 def load_image_normalisation(
@@ -276,6 +313,7 @@ __all__ = [
     "dtype_name",
     "is_local_path",
     "load_affect_model",
+    "load_frame_model",
     "load_image_normalisation",
     "onnx_session",
     "readable_weights",

@@ -40,16 +40,18 @@ def evaluate_models(
     device: str = "auto",
     backend: str = "torch",
     dtype: str = "auto",
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score each model on the track's validation split; write `scores.json`, the PNGs and `report.html`."""
     check_track(track)
     output_dir = Path(output_dir)
     with OutputLock(output_dir):
-        return _evaluate_models(models, data_dir, track, output_dir, batch_size, num_workers, device, backend, dtype)
+        return _evaluate_models(models, data_dir, track, output_dir, batch_size, num_workers, device, backend, dtype,
+                                strict)  # fmt: skip
 
 
 def _evaluate_models(models, data_dir, track: str, output_dir: Path, batch_size, num_workers, device, backend,
-                     dtype):  # fmt: skip
+                     dtype, strict):  # fmt: skip
     split = load_split(data_dir, track, "validation")
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"track": track, "data_dir": str(data_dir), "num_samples": len(split), "models": {}}
@@ -59,7 +61,9 @@ def _evaluate_models(models, data_dir, track: str, output_dir: Path, batch_size,
         with warnings.catch_warnings():  # a task without labels warns in the metric: it is reported below instead
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
-            evaluation = evaluate_model(model, split, track, batch_size, num_workers, name=str(name))
+            # A temporal model reads its frame model's features, extracted once into the output folder.
+            evaluation = evaluate_model(model, split, track, batch_size, num_workers, name=str(name),
+                                        cache_dir=output_dir / "frame_features", strict=strict)  # fmt: skip
         key = f"model_{number}" if len(models) > 1 else "model"
         entry = {"path": str(name), "backend": backend, "dtype": dtype_name(model.dtype), "scores": evaluation.scores,
                  "unavailable": evaluation.unavailable}  # fmt: skip

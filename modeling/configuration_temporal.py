@@ -23,6 +23,7 @@ class TemporalAffectConfig(PreTrainedConfig):
         rope_theta: base of the rotary frequencies (in frames).
         frame_model: the path or Hub id of the frame-level model this one reads, and `frame_model_sha256` its
             weights' sha256: a temporal folder used with another frame model is refused.
+        window_frames: the window it was trained on, in frames (evaluation and inference run windows of it).
         va_loss_weight, expression_loss_weight, au_loss_weight, au_pos_weight, au_thresholds, au_names: as EMMA's.
     """
 
@@ -39,6 +40,7 @@ class TemporalAffectConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     frame_model: str | None = None
     frame_model_sha256: str | None = None
+    window_frames: int | None = None
     va_loss_weight: float = 1.0
     expression_loss_weight: float = 1.0
     au_loss_weight: float = 1.0

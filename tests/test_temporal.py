@@ -272,21 +272,29 @@ def temporal_run(root, emma, output_dir, **overrides):
     return run_arguments("temporal", output_dir, **{**fields, **overrides})
 
 
-def test_the_temporal_recipe_trains_on_cached_features_and_scores_every_frame_once(track_root, frame_emma, tmp_path):
+@pytest.fixture(scope="module")
+def trained_temporal(track_root, frame_emma, tmp_path_factory):
+    from affect_hf.training import train
+
+    output = tmp_path_factory.mktemp("temporal_run") / "temporal"
+    training_args, recipe_args = temporal_run(track_root, frame_emma, output)
+    train(training_args, recipe_args)
+    return output, training_args, recipe_args
+
+
+def test_the_temporal_recipe_trains_on_cached_features_and_scores_every_frame_once(trained_temporal, track_root,
+                                                                                   frame_emma):  # fmt: skip
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from affect_hf.evaluation import collect_predictions, load_split
+    from affect_hf.evaluation import collect_predictions, load_split, window_forward
     from affect_hf.models import weights_sha256
-    from affect_hf.training import get_recipe, train
-    from affect_hf.training.recipes.temporal import window_forward
+    from affect_hf.training import get_recipe
 
-    output = tmp_path / "temporal"
-    training_args, recipe_args = temporal_run(track_root, frame_emma, output)
-    train(training_args, recipe_args)
+    output, training_args, recipe_args = trained_temporal
     assert len(list((output / "frame_features").glob("frame_features-*.arrow"))) == 2  # train and validation
     best = AutoModel.from_pretrained(output / "best_model")
-    assert type(best) is TemporalAffectModel
+    assert type(best) is TemporalAffectModel and best.config.window_frames == 6
     assert best.config.frame_model == str(frame_emma)
     assert best.config.frame_model_sha256 == weights_sha256(frame_emma)
     assert (output / "best_model" / "README.md").is_file()
@@ -299,6 +307,46 @@ def test_the_temporal_recipe_trains_on_cached_features_and_scores_every_frame_on
     split = load_split(track_root, "va", "validation")
     np.testing.assert_array_equal(references["valence_arousal"][:, 0], np.asarray(split["valence"]))
     assert predictions["valence_arousal"].shape == (split.num_rows, 2)
+
+
+def test_evaluate_scores_the_frame_model_and_the_temporal_one_side_by_side(trained_temporal, track_root, frame_emma,
+                                                                           tmp_path, capsys):  # fmt: skip
+    import json
+
+    from affect_hf.cli import main
+    from affect_hf.hub import save_model_folder
+    from tests.test_modeling import TINY_VIT, tiny_emma_with_visible_heads
+
+    best = trained_temporal[0] / "best_model"
+    main(["evaluate", "--model", str(frame_emma), "--model", str(best), "--data_dir", str(track_root), "--track",
+          "va", "--output_dir", str(tmp_path / "report"), "--device", "cpu"])  # fmt: skip
+    results = json.loads((tmp_path / "report" / "scores.json").read_text())
+    frame, temporal = results["models"]["model_1"], results["models"]["model_2"]
+    # The same validation frames (those with a valid label), scored once each by both.
+    assert frame["scores"]["num_samples_valence_arousal"] == temporal["scores"]["num_samples_valence_arousal"] > 12
+    assert temporal["scores"]["P_VA"] != frame["scores"]["P_VA"]
+    # Its frame model with other weights: refused with --strict (warned about without); another width: refused.
+    config = json.loads((best / "config.json").read_text())
+    retrained = save_model_folder(tiny_emma_with_visible_heads(seed=1), tmp_path / "other_emma")
+    config["frame_model"] = str(retrained)
+    moved = tmp_path / "moved"
+    import shutil
+
+    shutil.copytree(best, moved)
+    (moved / "config.json").write_text(json.dumps(config))
+    arguments = ["evaluate", "--model", str(moved), "--data_dir", str(track_root), "--track", "va", "--output_dir",
+                 str(tmp_path / "strict"), "--device", "cpu"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main([*arguments, "--strict"])
+    assert "has other weights" in capsys.readouterr().err
+    main(arguments)  # without --strict: scored, with a warning
+    wider = save_model_folder(tiny_emma_with_visible_heads(vit_config={**TINY_VIT, "hidden_size": 48}),
+                              tmp_path / "wider_emma")  # fmt: skip
+    config["frame_model"] = str(wider)
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit):
+        main(arguments)
+    assert "reads 32-wide features" in capsys.readouterr().err
 
 
 def test_a_killed_temporal_run_resumes_to_the_same_weights(track_root, frame_emma, tmp_path):

@@ -83,7 +83,9 @@ def make_synthetic_abaw(
     (`VA_Estimation_Challenge/`, `EXPR_Classification_Challenge/`, `AU_Detection_Challenge/`, each with
     `Train_Set/` and `Validation_Set/` of `<video>.txt`) and no MTL files; its test frames are listed in one
     sample file per track (`TRACK_TEST_SAMPLE_FILES`, the organisers' format), and every eleventh test frame from
-    the sixth has no crop, as in Aff-Wild2's test videos.
+    the sixth has no crop, as in Aff-Wild2's test videos. Its labels are smooth in time, as Aff-Wild2's are
+    (`_draw_track_labels`: expressions in runs, AUs in episodes, a slowly varying valence/arousal per video), and
+    each frame shows them through noise, so that a model over a face's frames recovers what one frame cannot.
 
     Deterministic for a seed; each split has its own stream, so resizing one split leaves the others unchanged.
     `missing_label_rate` is the chance, per frame and per task, that a label is written as its missing code.
@@ -105,7 +107,11 @@ def make_synthetic_abaw(
             for frame in range(num_frames)
         ]
         # Labels and missing codes are drawn before any pixel noise, so they do not depend on `image_size`.
-        expression, valence_arousal, action_units = _draw_labels(rng, num_frames)
+        if layout == "tracks":
+            (expression, valence_arousal, action_units), shown = _draw_track_labels(rng, num_frames, frames_per_video)
+        else:
+            expression, valence_arousal, action_units = _draw_labels(rng, num_frames)
+            shown = (expression, valence_arousal, action_units)
         missing_labels = rng.random((3, num_frames)) < missing_label_rate
         without_image = set()
         if split == "train" and missing_image_count:
@@ -115,7 +121,7 @@ def make_synthetic_abaw(
         for frame, name in enumerate(names):
             if frame in without_image:
                 continue
-            pixels = cues.render(expression[frame], valence_arousal[frame], action_units[frame], rng)
+            pixels = cues.render(shown[0][frame], shown[1][frame], shown[2][frame], rng)
             path = image_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             PIL.Image.fromarray(pixels).save(path, quality=_JPEG_QUALITY)
@@ -189,6 +195,46 @@ def _draw_labels(rng: np.random.Generator, num_frames: int) -> tuple[np.ndarray,
     valence_arousal = np.clip(0.6 * va_means[expression] + rng.uniform(-0.6, 0.6, (num_frames, 2)), -1.0, 1.0)
     # Round as written, so the image shows exactly the value the file holds.
     return expression, np.round(valence_arousal, 4), action_units
+
+
+# How far a tracks-layout frame's cues stray from its labels: valence/arousal by this standard deviation, the
+# expression colour of another class in this share of frames, each AU's cue flipped in this share.
+_SHOWN_VA_NOISE, _SHOWN_EXPRESSION_SWAP, _SHOWN_AU_FLIP = 0.3, 0.25, 0.15
+_RUN_FRAMES = (4, 13)  # an expression run (and its AU episode) lasts 4 to 12 frames
+
+
+def _draw_track_labels(
+    rng: np.random.Generator, num_frames: int, frames_per_video: int
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(labels, what each frame shows) for video tracks: per video, expressions in runs with their AUs as episodes,
+    valence/arousal following the expression smoothly plus a slow drift of its own; the frames' cues are the labels
+    with noise (`_SHOWN_*`)."""
+    expression = np.empty(num_frames, dtype=np.int64)
+    valence_arousal = np.empty((num_frames, 2))
+    action_units = np.empty((num_frames, NUM_ACTION_UNITS), dtype=np.int64)
+    va_means = 0.6 * np.array([_EXPRESSION_VALENCE_AROUSAL[name] for name in ABAW_EXPRESSIONS])
+    for start in range(0, num_frames, frames_per_video):
+        stop = min(start + frames_per_video, num_frames)
+        frame = start
+        while frame < stop:  # runs of one expression, each with one set of AUs
+            run = min(int(rng.integers(*_RUN_FRAMES)), stop - frame)
+            run_expression, _, run_aus = _draw_labels(rng, 1)
+            expression[frame : frame + run], action_units[frame : frame + run] = run_expression[0], run_aus[0]
+            frame += run
+        target = va_means[expression[start:stop]]
+        smooth = np.empty_like(target)
+        smooth[0] = target[0]
+        for step in range(1, len(target)):  # an exponential approach to each run's valence/arousal
+            smooth[step] = 0.7 * smooth[step - 1] + 0.3 * target[step]
+        drift = np.cumsum(rng.normal(0.0, 0.05, target.shape), axis=0)
+        valence_arousal[start:stop] = np.clip(smooth + drift, -1.0, 1.0)
+    valence_arousal = np.round(valence_arousal, 4)
+    swapped = rng.random(num_frames) < _SHOWN_EXPRESSION_SWAP
+    shown_expression = np.where(swapped, rng.integers(0, len(ABAW_EXPRESSIONS), num_frames), expression)
+    shown_va = np.clip(valence_arousal + rng.normal(0.0, _SHOWN_VA_NOISE, valence_arousal.shape), -1.0, 1.0)
+    flipped = rng.random(action_units.shape) < _SHOWN_AU_FLIP
+    shown_aus = np.where(flipped, 1 - action_units, action_units)
+    return (expression, valence_arousal, action_units), (shown_expression, shown_va, shown_aus)
 
 
 def _annotation_fields(

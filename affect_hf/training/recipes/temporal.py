@@ -17,7 +17,14 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 from ...data.frame_features import WindowDataset, extract_frame_features, track_windows
-from ...evaluation import TRACK_SELECTION, collect_predictions, load_split, score_predictions
+from ...evaluation import (
+    TRACK_SELECTION,
+    collect_predictions,
+    evaluation_windows,
+    load_split,
+    score_predictions,
+    window_forward,
+)
 from ...model_cards import TEMPORAL_TEMPLATE
 from ...modeling import TemporalAffectConfig, TemporalAffectModel
 from ...models import load_affect_model, weights_sha256
@@ -64,11 +71,6 @@ class TemporalArguments:
     @property
     def window_stride(self) -> int:
         return max(1, round(self.window_frames * (1 - self.window_overlap)))
-
-
-def window_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """The temporal model on a batch of windows (what `evaluation.collect_predictions` calls per batch)."""
-    return model(features=batch["features"], scores=batch["scores"], positions=batch["positions"], mask=batch["mask"])
 
 
 class TemporalRecipe(Recipe):
@@ -123,7 +125,8 @@ class TemporalRecipe(Recipe):
             hidden_size=options.hidden_size, num_hidden_layers=options.num_hidden_layers,
             num_attention_heads=options.num_attention_heads, intermediate_size=2 * options.hidden_size,
             dropout=options.dropout, causal=options.causal, frame_model=str(options.frame_model),
-            frame_model_sha256=weights_sha256(options.frame_model), au_thresholds=frame.au_thresholds,
+            frame_model_sha256=weights_sha256(options.frame_model), window_frames=options.window_frames,
+            au_thresholds=frame.au_thresholds,
             au_pos_weight=frame.au_pos_weight, au_names=frame.au_names, id2label=frame.id2label,
         )  # fmt: skip
         return TemporalAffectModel(config)
@@ -149,10 +152,9 @@ class TemporalRecipe(Recipe):
         del frame_model
         span = options.window_frames
         train_windows = track_windows(frames["train"], span, options.window_stride)
-        eval_windows = track_windows(frames["validation"], span, span, each_frame_once=True)
         return RecipeData(
             train=WindowDataset(frames["train"], train_windows, span),
-            evaluation=WindowDataset(frames["validation"], eval_windows, span),
+            evaluation=evaluation_windows(frames["validation"], span),
             description=f"ABAW {options.task.upper()} {len(train_windows)} training windows of {span} frames "
             f"({len(splits['train'])} frames) / {len(splits['validation'])} validation frames",
         )
@@ -185,4 +187,4 @@ class TemporalRecipe(Recipe):
         )
 
 
-__all__ = ["TemporalArguments", "TemporalRecipe", "window_forward"]
+__all__ = ["TemporalArguments", "TemporalRecipe"]
