@@ -231,9 +231,9 @@ def evaluate_model(
         frame = load_frame_model(model, device=model.device, frame_model=frame_model, strict=strict, dtype="fp32")
         check_model_for_track(frame.config, track, name)
         with tempfile.TemporaryDirectory(prefix="affect-hf-features-") as temporary:
+            frame_name = str(frame_model or model.config.frame_model)  # a Hub id names itself (no weights hash)
             frames = extract_frame_features(frame, split, cache_dir or temporary,
-                                            weights_sha256(frame_model or model.config.frame_model) or "hub",
-                                            batch_size)  # fmt: skip
+                                            weights_sha256(frame_name) or frame_name, batch_size)  # fmt: skip
             loader = DataLoader(evaluation_windows(frames, model.config.window_frames or 1), batch_size=batch_size,
                                 shuffle=False)  # fmt: skip
             predictions, references = collect_predictions(model, loader, forward=window_forward)
