@@ -24,6 +24,22 @@ S_AFF_WILD2_AU_POS_WEIGHT = (
 )
 
 
+def check_affect_head_fields(config: PreTrainedConfig, kwargs: dict) -> None:
+    """The fields of a model answering in EMMA's terms (EMMA's and the temporal model's configs): the AU lists as
+    plain lists of one entry per action unit, and the ABAW expressions as labels unless others are given."""
+    config.au_pos_weight = [float(weight) for weight in config.au_pos_weight]
+    config.au_thresholds = [float(threshold) for threshold in config.au_thresholds]
+    config.au_names = list(config.au_names)
+    if not len(config.au_pos_weight) == len(config.au_thresholds) == len(config.au_names):
+        raise ValueError(
+            f"au_pos_weight ({len(config.au_pos_weight)}), au_thresholds ({len(config.au_thresholds)}) and "
+            f"au_names ({len(config.au_names)}) must have one entry per action unit"
+        )
+    if config.id2label is None and kwargs.get("num_labels") is None:
+        config.id2label = dict(enumerate(ABAW_EXPRESSIONS))
+        config.label2id = {name: index for index, name in config.id2label.items()}
+
+
 class EmmaConfig(PreTrainedConfig):
     r"""
     Composite config: `vit_config` (a `ViTMAEConfig`, like CLIP's vision config) and `cnn_config` (a `DanConfig`).
@@ -66,17 +82,7 @@ class EmmaConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if isinstance(self.cnn_config, dict) or (self.cnn_config is None and self.use_cnn_scores):
             self.cnn_config = DanConfig(**(self.cnn_config or {}))
-        self.au_pos_weight = [float(weight) for weight in self.au_pos_weight]
-        self.au_thresholds = [float(threshold) for threshold in self.au_thresholds]
-        self.au_names = list(self.au_names)
-        if not len(self.au_pos_weight) == len(self.au_thresholds) == len(self.au_names):
-            raise ValueError(
-                f"au_pos_weight ({len(self.au_pos_weight)}), au_thresholds ({len(self.au_thresholds)}) and "
-                f"au_names ({len(self.au_names)}) must have one entry per action unit"
-            )
-        if self.id2label is None and kwargs.get("num_labels") is None:
-            self.id2label = dict(enumerate(ABAW_EXPRESSIONS))
-            self.label2id = {name: index for index, name in self.id2label.items()}
+        check_affect_head_fields(self, kwargs)
         super().__post_init__(**kwargs)
 
     @property
@@ -91,4 +97,4 @@ class EmmaConfig(PreTrainedConfig):
 
 EmmaConfig.register_for_auto_class()
 
-__all__ = ["EmmaConfig", "S_AFF_WILD2_AU_POS_WEIGHT"]
+__all__ = ["EmmaConfig", "S_AFF_WILD2_AU_POS_WEIGHT", "check_affect_head_fields"]

@@ -2,8 +2,8 @@
 
 from transformers import PreTrainedConfig
 
-from .affect_labels import ABAW_EXPRESSIONS, ACTION_UNITS
-from .configuration_emma import S_AFF_WILD2_AU_POS_WEIGHT
+from .affect_labels import ACTION_UNITS
+from .configuration_emma import S_AFF_WILD2_AU_POS_WEIGHT, check_affect_head_fields
 
 
 class TemporalAffectConfig(PreTrainedConfig):
@@ -54,14 +54,7 @@ class TemporalAffectConfig(PreTrainedConfig):
                 f"hidden_size ({self.hidden_size}) must split into num_attention_heads ({self.num_attention_heads}) "
                 "heads of an even width (rotary positions turn pairs of channels)"
             )
-        self.au_pos_weight = [float(weight) for weight in self.au_pos_weight]
-        self.au_thresholds = [float(threshold) for threshold in self.au_thresholds]
-        self.au_names = list(self.au_names)
-        if not len(self.au_pos_weight) == len(self.au_thresholds) == len(self.au_names):
-            raise ValueError("au_pos_weight, au_thresholds and au_names must have one entry per action unit")
-        if self.id2label is None and kwargs.get("num_labels") is None:
-            self.id2label = dict(enumerate(ABAW_EXPRESSIONS))
-            self.label2id = {name: index for index, name in self.id2label.items()}
+        check_affect_head_fields(self, kwargs)
         super().__post_init__(**kwargs)
 
     @property

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .affect_labels import MISSING_ACTION_UNIT, MISSING_EXPRESSION, MISSING_VALENCE_AROUSAL
+
 
 def concordance_correlation_coefficient(
     predictions: torch.Tensor, targets: torch.Tensor, dim: int = 0, eps: float = 0.0
@@ -45,6 +47,31 @@ def masked_binary_cross_entropy(
         logits.float(), (labels == 1).float(), weight=valid, pos_weight=pos_weight, reduction="sum"
     )
     return losses / valid.sum().clamp(min=1.0)
+
+
+def affect_task_losses(
+    config, predicted_va: torch.Tensor, expression_logits: torch.Tensor, au_logits: torch.Tensor,
+    valence_arousal: torch.Tensor | None = None, expression: torch.Tensor | None = None,
+    action_units: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """EMMA's multi-task loss over N answers (N x 2, N x classes, N x AUs): (the sum weighted by the config's
+    `*_loss_weight`, the VA, expression and AU losses), each over its labelled entries only; None for a task
+    without targets. The config's `au_pos_weight` is read at each call, so updating the config updates the loss."""
+    va_loss = expression_loss = au_loss = None
+    terms = []
+    if valence_arousal is not None:
+        va_loss = masked_ccc_loss(predicted_va[:, 0], valence_arousal[:, 0], MISSING_VALENCE_AROUSAL)
+        va_loss = va_loss + masked_ccc_loss(predicted_va[:, 1], valence_arousal[:, 1], MISSING_VALENCE_AROUSAL)
+        terms.append(config.va_loss_weight * va_loss)
+    if expression is not None:
+        expression_loss = masked_cross_entropy(expression_logits, expression, MISSING_EXPRESSION)
+        terms.append(config.expression_loss_weight * expression_loss)
+    if action_units is not None:
+        pos_weight = torch.tensor(config.au_pos_weight, device=au_logits.device)
+        au_loss = masked_binary_cross_entropy(au_logits, action_units, MISSING_ACTION_UNIT, pos_weight)
+        terms.append(config.au_loss_weight * au_loss)
+    loss = torch.stack(terms).sum() if terms else None
+    return loss, va_loss, expression_loss, au_loss
 
 
 def generalized_js_divergence(

@@ -14,10 +14,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .affect_labels import MISSING_ACTION_UNIT, MISSING_EXPRESSION, MISSING_VALENCE_AROUSAL
 from .auto_map import add_auto_map_entries
 from .configuration_emma import EmmaConfig
-from .losses import masked_binary_cross_entropy, masked_ccc_loss, masked_cross_entropy
+from .losses import affect_task_losses
 from .modeling_dan import DanForImageClassification
 from .modeling_vit_backbone import MaeViTModel
 from .pipeline_affect import custom_pipeline_entry
@@ -176,22 +175,9 @@ class EmmaForAffectAnalysis(EmmaPreTrainedModel):
             va_inputs = torch.cat([cnn_logits.to(scores.dtype), scores], dim=1)
         predicted_va = self.va_head(va_inputs)
 
-        loss = va_loss = expression_loss = au_loss = None
-        terms = []
-        if valence_arousal is not None:
-            va_loss = masked_ccc_loss(predicted_va[:, 0], valence_arousal[:, 0], MISSING_VALENCE_AROUSAL)
-            va_loss = va_loss + masked_ccc_loss(predicted_va[:, 1], valence_arousal[:, 1], MISSING_VALENCE_AROUSAL)
-            terms.append(self.config.va_loss_weight * va_loss)
-        if expression is not None:
-            expression_loss = masked_cross_entropy(expression_logits, expression, MISSING_EXPRESSION)
-            terms.append(self.config.expression_loss_weight * expression_loss)
-        if action_units is not None:
-            # Read from the config at each call (12 numbers), so that updating the config updates the loss.
-            pos_weight = torch.tensor(self.config.au_pos_weight, device=au_logits.device)
-            au_loss = masked_binary_cross_entropy(au_logits, action_units, MISSING_ACTION_UNIT, pos_weight)
-            terms.append(self.config.au_loss_weight * au_loss)
-        if terms:
-            loss = torch.stack(terms).sum()
+        loss, va_loss, expression_loss, au_loss = affect_task_losses(
+            self.config, predicted_va, expression_logits, au_logits, valence_arousal, expression, action_units
+        )
 
         return EmmaOutput(
             loss=loss,

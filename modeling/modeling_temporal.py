@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 
 from .affect_labels import MISSING_ACTION_UNIT, MISSING_EXPRESSION, MISSING_VALENCE_AROUSAL
 from .configuration_temporal import TemporalAffectConfig
-from .losses import masked_binary_cross_entropy, masked_ccc_loss, masked_cross_entropy
+from .losses import affect_task_losses
 
 
 @dataclass
@@ -173,30 +173,20 @@ class TemporalAffectModel(TemporalAffectPreTrainedModel):
         expression_logits = outputs[..., 2 : 2 + self.config.num_labels]
         au_logits = outputs[..., 2 + self.config.num_labels :]
 
-        loss = va_loss = expression_loss = au_loss = None
-        terms = []
-        valid = mask.reshape(-1)
-        if valence_arousal is not None:
-            targets = torch.where(valid[:, None], valence_arousal.reshape(-1, 2), MISSING_VALENCE_AROUSAL)
-            flat = predicted_va.reshape(-1, 2)
-            va_loss = masked_ccc_loss(flat[:, 0], targets[:, 0], MISSING_VALENCE_AROUSAL)
-            va_loss = va_loss + masked_ccc_loss(flat[:, 1], targets[:, 1], MISSING_VALENCE_AROUSAL)
-            terms.append(self.config.va_loss_weight * va_loss)
-        if expression is not None:
-            targets = torch.where(valid, expression.reshape(-1), MISSING_EXPRESSION)
-            expression_loss = masked_cross_entropy(
-                expression_logits.reshape(-1, self.config.num_labels), targets, MISSING_EXPRESSION
-            )
-            terms.append(self.config.expression_loss_weight * expression_loss)
-        if action_units is not None:
-            units = self.config.num_action_units
-            targets = torch.where(valid[:, None], action_units.reshape(-1, units), MISSING_ACTION_UNIT)
-            pos_weight = torch.tensor(self.config.au_pos_weight, device=au_logits.device)
-            au_loss = masked_binary_cross_entropy(au_logits.reshape(-1, units), targets, MISSING_ACTION_UNIT,
-                                                  pos_weight)  # fmt: skip
-            terms.append(self.config.au_loss_weight * au_loss)
-        if terms:
-            loss = torch.stack(terms).sum()
+        # EMMA's loss over every frame, a masked frame's targets marked missing (it is never scored).
+        valid, units = mask.reshape(-1), self.config.num_action_units
+        targets = {
+            "valence_arousal": None if valence_arousal is None else torch.where(
+                valid[:, None], valence_arousal.reshape(-1, 2), MISSING_VALENCE_AROUSAL),
+            "expression": None if expression is None else torch.where(
+                valid, expression.reshape(-1), MISSING_EXPRESSION),
+            "action_units": None if action_units is None else torch.where(
+                valid[:, None], action_units.reshape(-1, units), MISSING_ACTION_UNIT),
+        }  # fmt: skip
+        loss, va_loss, expression_loss, au_loss = affect_task_losses(
+            self.config, predicted_va.reshape(-1, 2), expression_logits.reshape(-1, self.config.num_labels),
+            au_logits.reshape(-1, units), **targets,
+        )  # fmt: skip
 
         return TemporalAffectOutput(
             loss=loss,
