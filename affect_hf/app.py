@@ -2,7 +2,8 @@
 
 An image (uploaded or a webcam snapshot): the faces boxed and labelled, and per face its valence/arousal point on
 the circumplex, its expression probabilities and its AU probabilities with the decisions. A short video: the
-plots of `affect-hf predict --plots` and the table as a CSV to download; a video longer than `max_video_seconds`
+plots of `affect-hf predict --plots` and the table as a CSV to download, through a temporal model over each face's
+frames where the page has one (`--temporal`; pictures stay frame level); a video longer than `max_video_seconds`
 is cut there, with a notice. Anything else is refused with a message on the page. `spaces/app.py` runs the same
 page as a Hugging Face Space.
 """
@@ -22,7 +23,7 @@ import torch
 from .inference.analysis import FaceAffectAnalyzer
 from .inference.media import is_video, read_still_image
 from .inference.overlay import draw_faces
-from .inference.predict import predict
+from .inference.predict import load_temporal_model, predict
 from .inference.results import frame_rows
 from .plots import faces_figure
 
@@ -39,19 +40,24 @@ def analyse_image(analyzer: FaceAffectAnalyzer, image: np.ndarray) -> tuple[PIL.
 
 
 def analyse_video(
-    analyzer: FaceAffectAnalyzer, path: str, max_seconds: float, folder: Path
+    analyzer: FaceAffectAnalyzer, path: str, max_seconds: float, folder: Path, temporal: torch.nn.Module | None = None
 ) -> tuple[Path, list[Path], str]:
-    """The table (CSV), the plots and a notice (how much was analysed, and whether the video was cut)."""
+    """The table (CSV), the plots and a notice (how much was analysed, and whether the video was cut); `temporal`:
+    a temporal model over each face's frames (`inference.temporal`)."""
     output = folder / f"{Path(path).stem}_affect.csv"
-    summary = predict([path], analyzer, output, progress=False, plots_dir=folder / "plots", max_seconds=max_seconds)
+    summary = predict([path], analyzer, output, progress=False, plots_dir=folder / "plots", max_seconds=max_seconds,
+                      temporal=temporal)  # fmt: skip
     notice = f"{summary.frames} frames, {summary.faces} faces, {summary.frames_without_face} frames without a face."
     if summary.media.cut_at_seconds:
         notice += f" The video was cut at {max_seconds:g} s (the limit of this page)."
     return output, summary.plots, notice
 
 
-def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, title: str = "affect-hf"):
-    """The Gradio Blocks page over one analyzer."""
+def build_app(
+    analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, title: str = "affect-hf",
+    temporal: torch.nn.Module | None = None,
+):  # fmt: skip
+    """The Gradio Blocks page over one analyzer (and for videos, a temporal model over its outputs)."""
     import gradio as gr
 
     work = Path(tempfile.mkdtemp(prefix="affect-hf-app-"))
@@ -100,7 +106,7 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
         if reason is not None:
             raise gr.Error(f"{Path(path).name} is neither an image nor a video this page can read ({reason}).")
         folder = Path(tempfile.mkdtemp(dir=work))
-        table, plots, notice = analyse_video(analyzer, path, max_video_seconds, folder)
+        table, plots, notice = analyse_video(analyzer, path, max_video_seconds, folder, temporal)
         return None, None, "", notice, str(table), [str(p) for p in plots]
 
     with gr.Blocks(title=title) as page:
@@ -110,9 +116,13 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
         ]
         if hasattr(config, "au_names"):
             answers = ["valence/arousal", *answers, f"{len(config.au_names)} action units"]
+        over_time = (
+            f" In videos, a {'causal' if temporal.config.causal else 'bidirectional'} temporal model answers over each "
+            "face's frames." if temporal is not None else ""
+        )  # fmt: skip
         gr.Markdown(
             f"# {title}\n{', '.join(answers)} for every face. Faces are found (MTCNN in pictures, BlazeFace in videos) "
-            "and aligned like ABAW's crops."
+            f"and aligned like ABAW's crops.{over_time}"
         )
         with gr.Tab("Image or webcam"):
             with gr.Row():
@@ -138,10 +148,13 @@ def build_app(analyzer: FaceAffectAnalyzer, max_video_seconds: float = 30.0, tit
 
 def launch_app(
     model: str | os.PathLike, port: int | None = None, device: str = "auto", max_video_seconds: float = 30.0,
-    share: bool = False, prevent_thread_lock: bool = False, **options: Any,
+    share: bool = False, prevent_thread_lock: bool = False, temporal: str | os.PathLike | None = None,
+    strict: bool = False, **options: Any,
 ):  # fmt: skip
-    """Load the model (a folder or Hub id) and serve the page; returns what `gradio.Blocks.launch` returns."""
+    """Load the model (a folder or Hub id; `temporal`: a temporal model over it, for videos) and serve the page;
+    returns what `gradio.Blocks.launch` returns."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     analyzer = FaceAffectAnalyzer.from_pretrained(model, device=device, **options)
-    page = build_app(analyzer, max_video_seconds, title=f"affect-hf: {Path(str(model)).name}")
+    over_time = None if temporal is None else load_temporal_model(temporal, analyzer, strict)[1]
+    page = build_app(analyzer, max_video_seconds, title=f"affect-hf: {Path(str(model)).name}", temporal=over_time)
     return page, page.launch(server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=True)

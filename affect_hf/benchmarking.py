@@ -347,6 +347,19 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
                     "stage_shares": summary.stage_shares(), "dtype": precision,
                 })  # fmt: skip
                 print(f"  done: {group[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
+            for causal in (False, True):  # the temporal model at the recipe's defaults over each face's frames
+                temporal = default_temporal_model(model, causal)
+                with PeakMemory(device) as memory:
+                    summary = predict([short], analyzer, folder / f"{size}-temporal-{causal}.parquet",
+                                      batch_size=args.video_batch_size, progress=False, temporal=temporal)  # fmt: skip
+                group.append({
+                    "phase": f"+ temporal ({'causal' if causal else 'bidirectional'}), {size}", "size": size,
+                    "frames": summary.frames, "faces": summary.faces, "frames_per_s": summary.frames_per_second,
+                    "peak_memory_gib": memory.peak_bytes / 2**30, "memory_before_gib": memory.before_bytes / 2**30,
+                    "stage_shares": summary.stage_shares(), "dtype": precision,
+                    "rate_of_plain_run": summary.frames_per_second / group[0]["frames_per_s"],
+                })  # fmt: skip
+                print(f"  done: {group[-1]['phase']}: {summary.frames_per_second:.2f} frames/s", file=sys.stderr)
             tick = time.perf_counter()
             images = decoded_frames(short)
             decode_seconds = time.perf_counter() - tick
@@ -369,6 +382,74 @@ def benchmark_end_to_end(model, device: torch.device, args, inference_flops: flo
                     row["model_fraction_of_peak"] = faces_per_s * inference_flops / peak["flops_per_s"]
             rows += group
     return rows
+
+
+def default_temporal_model(frame_model, causal: bool) -> torch.nn.Module:
+    """A temporal model at `--recipe temporal`'s defaults (hidden 256, 2 layers, 4 s windows at 30 frames/s) for
+    `frame_model`, untrained (its cost is its size, not its weights)."""
+    from .modeling import TemporalAffectModel
+    from .training.recipes.temporal import TemporalArguments, temporal_config
+
+    defaults = TemporalArguments(data_dir="", frame_model="")
+    config = temporal_config(
+        frame_model.config, hidden_size=defaults.hidden_size, num_hidden_layers=defaults.num_hidden_layers,
+        num_attention_heads=defaults.num_attention_heads, intermediate_size=2 * defaults.hidden_size,
+        causal=causal, window_frames=defaults.window_frames, frames_per_second=defaults.fps,
+    )  # fmt: skip
+    return TemporalAffectModel(config).eval().to(frame_model.device)
+
+
+def benchmark_temporal_track(model, args) -> dict:
+    """The temporal recipe's cost for this EMMA, through the recipe itself: a synthetic VA track of
+    `--temporal-track-frames` training frames (and a tenth as many validation frames) at 224 px, the frozen EMMA's
+    features extracted once (`data.frame_features`: frames/s), then one epoch of the temporal model at its defaults
+    through the loop, features read back from the cache (seconds, with its evaluation and checkpoint)."""
+    import tempfile
+
+    from .data import make_synthetic_abaw
+    from .data.frame_features import extract_frame_features
+    from .evaluation import load_split
+    from .hub import save_model_folder
+    from .models import load_affect_model, weights_sha256
+    from .training import train
+    from .training.recipes.temporal import FRAME_FEATURES_DIR, TemporalArguments
+
+    frames = args.temporal_track_frames
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        tick = time.perf_counter()
+        root = make_synthetic_abaw(folder / "tracks", num_train=frames, num_validation=max(frames // 10, 1),
+                                   num_test=1, image_size=model.config.image_size, frames_per_video=500,
+                                   layout="tracks")  # fmt: skip
+        made = time.perf_counter() - tick
+        frame_dir = save_model_folder(copy.deepcopy(model).float().cpu(), folder / "emma")
+        output = folder / "temporal"
+        frame_model = load_affect_model(frame_dir, device="cpu", dtype="fp32")
+        extraction = {}
+        for split in ("train", "validation"):  # into the run's own cache: the recipe reads it back
+            rows = load_split(root, "va", split)
+            tick = time.perf_counter()
+            extract_frame_features(frame_model, rows, output / FRAME_FEATURES_DIR, weights_sha256(frame_dir),
+                                   TemporalArguments(data_dir="", frame_model="").feature_batch_size)  # fmt: skip
+            extraction[split] = (rows.num_rows, time.perf_counter() - tick)
+            print(f"  done: features of {rows.num_rows} {split} frames", file=sys.stderr)
+        del frame_model
+        training = TrainingArguments(recipe="temporal", output_dir=str(output), num_train_epochs=1,
+                                     mixed_precision="no", num_workers=0, report_to="none", seed=0)  # fmt: skip
+        tick = time.perf_counter()
+        state = train(training, TemporalArguments(data_dir=str(root), frame_model=str(frame_dir), task="va"))
+        epoch = time.perf_counter() - tick
+        # The recipe found the two extractions (train, validation) in its cache rather than making its own.
+        read_back = len(list((output / FRAME_FEATURES_DIR).glob("frame_features-*.arrow"))) == 2
+    extracted = sum(count for count, _ in extraction.values())
+    return {
+        "train_frames": extraction["train"][0], "validation_frames": extraction["validation"][0],
+        "image_size": model.config.image_size, "synthetic_track_seconds": made,
+        "extraction_frames_per_s": extracted / sum(seconds for _, seconds in extraction.values()),
+        "extraction_seconds": sum(seconds for _, seconds in extraction.values()),
+        "epoch_seconds": epoch, "training_steps": state["global_step"], "P_VA": state["best_score"],
+        "features_read_back": read_back,
+    }  # fmt: skip
 
 
 def benchmark_corpus(model, args) -> list[dict]:
@@ -710,6 +791,9 @@ def run(args: argparse.Namespace) -> dict:
         report["crowd"] = benchmark_crowd(device)
         if args.corpus_processes:
             report["corpus"] = benchmark_corpus(model, args)
+    report["temporal_track"] = {}
+    if args.recipe == "emma" and args.temporal_track_frames:
+        report["temporal_track"] = benchmark_temporal_track(model, args)
 
     mask_ratios = args.mask_ratios if args.recipe in MASKED_RECIPES and args.mask_ratios else [None]
     for mask_ratio in mask_ratios:
@@ -858,6 +942,14 @@ def format_report(report: dict) -> str:
             f"{r['wall_seconds']:.1f} s, {r['frames_per_s']:.2f} frames/s ({r['speedup_over_one_process']:.2f}x one "
             f"process); files per process {r['files_per_process']}; " + stage_text(r["stage_shares"])
         )
+    if report.get("temporal_track"):
+        track = report["temporal_track"]
+        lines.append(
+            f"temporal recipe on a {track['train_frames']}-frame synthetic track ({track['validation_frames']} "
+            f"validation frames, {track['image_size']} px): features {track['extraction_frames_per_s']:.2f} frames/s "
+            f"({track['extraction_seconds']:.0f} s, once), then {track['epoch_seconds']:.1f} s per epoch "
+            f"({track['training_steps']} steps, with its evaluation and checkpoint)"
+        )
     for name, found in report["crowd"].items():
         lines.append(
             f"crowd picture, {name}: {found['found_once']} of {found['faces']} faces found once "
@@ -924,6 +1016,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="emma: the corpus row, this many CPU processes of one launch against one process (0 skips it)",
     )  # fmt: skip
     parser.add_argument("--corpus-videos", type=int, default=4, help="videos in the corpus row")
+    parser.add_argument(
+        "--temporal-track-frames", type=int, default=0,
+        help="emma: the temporal recipe's feature extraction and epoch over a synthetic track of N frames (0 skips)",
+    )  # fmt: skip
     parser.add_argument(
         "--parity", action="store_true", help="the model's answers on --device in each --dtype against CPU fp32"
     )

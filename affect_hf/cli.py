@@ -188,6 +188,18 @@ def model_arguments(
     )  # fmt: skip
 
 
+def temporal_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a command runs a temporal model over each tracked face, with --model as its frame model."""
+    parser.add_argument(
+        "--temporal", default=None, metavar="DIR",
+        help="a --recipe temporal folder or Hub id: its answers over each tracked face's frames, in the usual columns "
+        "(--model is its frame model: the EMMA it was trained on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strict", action="store_true", help="with --temporal: refuse a --model whose weights are not the ones it read"
+    )
+
+
 def face_arguments(parser: argparse.ArgumentParser) -> None:
     """How every command that finds faces finds them (`affect_hf.faces`)."""
     from .faces import DETECTORS
@@ -224,6 +236,16 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="time constant of an exponential moving average of each face's outputs (0: off)",
     )  # fmt: skip
     parser.add_argument("--max_gap", type=float, default=2.0, help="seconds a lost face keeps its id")
+    temporal_arguments(parser)
+    parser.add_argument(
+        "--max_track_seconds", type=float, default=60.0,
+        help="a bidirectional --temporal model holds each face's rows until its track ends or spans this long, then "
+        "cuts it: the table is behind the video by up to this plus --max_gap",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep_frame_outputs", action="store_true",
+        help="with --temporal: the frame model's own answers too, in the same columns prefixed frame_",
+    )  # fmt: skip
     parser.add_argument("--max_seconds", type=float, default=None, help="analyse only each video's first N seconds")
     parser.add_argument(
         "--max_pixels", type=int, default=MAX_PIXELS,
@@ -258,8 +280,8 @@ def predict_command(args: argparse.Namespace) -> None:
         detector=args.detector,
         smoothing=args.smoothing, max_gap=args.max_gap, plots_dir=plots, overlay=args.overlay,
         backend=args.backend, dtype=args.dtype, max_seconds=args.max_seconds, max_pixels=args.max_pixels,
-        resume=args.resume,
-        overwrite=args.overwrite,
+        resume=args.resume, overwrite=args.overwrite, temporal=args.temporal, strict=args.strict,
+        max_track_seconds=args.max_track_seconds, keep_frame_outputs=args.keep_frame_outputs,
     )  # fmt: skip
     if not summary.is_main_process:  # the first process of the launch reports for all of them
         if summary.interrupted:
@@ -301,6 +323,7 @@ def predict_command(args: argparse.Namespace) -> None:
 def app_arguments(parser: argparse.ArgumentParser) -> None:
     model_arguments(parser)
     face_arguments(parser)
+    temporal_arguments(parser)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--max_video_seconds", type=float, default=30.0, help="longer videos are cut there")
     parser.add_argument("--share", action="store_true", help="a public gradio.live link")
@@ -311,7 +334,8 @@ def app(args: argparse.Namespace) -> None:
 
     launch_app(args.model, port=args.port, device=args.device, max_video_seconds=args.max_video_seconds,
                share=args.share, backend=args.backend, dtype=args.dtype, detector=args.detector,
-               max_faces=args.max_faces, min_face_score=args.min_face_score)  # fmt: skip
+               max_faces=args.max_faces, min_face_score=args.min_face_score, temporal=args.temporal,
+               strict=args.strict)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate

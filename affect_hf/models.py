@@ -156,7 +156,13 @@ def load_affect_model(
     if backend != "torch" and dtype not in ("auto", "fp32", torch.float32):
         raise ValueError(f"the {backend} backend runs fp32, not {dtype}: use dtype fp32 or auto")
     name = check_model_location(name_or_path)
-    config = AutoConfig.from_pretrained(name, **hub_options)
+    try:
+        config = AutoConfig.from_pretrained(name, **hub_options)
+    except OSError as error:
+        if is_local_path(name):
+            raise
+        # A bare name that is no folder here is taken for a Hub id: say so, whatever the Hub answered.
+        raise OSError(f"{name} is no folder here, and as a Hub id it could not be loaded: {error}") from None
     check_affect_config(config, name)
     if config.model_type == TEMPORAL_MODEL_TYPE and backend != "torch":
         raise ValueError(f"{name} is a temporal model: it runs on torch (its frame model may run on {backend})")
@@ -196,29 +202,39 @@ def load_frame_model(
     temporal: Any, device: str | torch.device = "auto", frame_model: str | os.PathLike | None = None,
     strict: bool = False, **options: Any,
 ):  # fmt: skip
-    """The frame-level EMMA a temporal model reads (`frame_model`, default the one its config names), checked: one
-    whose feature width or score count differs is refused; one whose weights are not those it was trained on is
-    refused with `strict`, else warned about (a Hub id's weights are not hashed here)."""
-    config = temporal.config
-    name = str(frame_model or config.frame_model)
+    """The frame-level EMMA a temporal model reads (`frame_model`, default the one its config names), loaded and
+    checked by `check_frame_model`."""
+    name = str(frame_model or temporal.config.frame_model)
     frame = load_affect_model(name, device=device, **options)
-    width = frame.config.vit_config.hidden_size if frame.config.model_type == "emma" else None
-    scores = frame.config.num_labels + getattr(frame.config, "num_action_units", 0)
-    if getattr(frame.config, "use_cnn_scores", False):
-        scores += frame.config.cnn_config.num_labels
-    if width != config.feature_size or scores != config.num_scores:
+    check_frame_model(temporal.config, frame.config, name, strict)
+    return frame
+
+
+def check_frame_model(temporal: PreTrainedConfig, frame: PreTrainedConfig, name: str, strict: bool = False) -> None:
+    """A frame model (config `frame`, at `name`) for a temporal model (config `temporal`): one whose feature width,
+    score count or labels differ is refused; one whose weights are not those it was trained on is refused with
+    `strict`, else warned about (a Hub id's weights are not hashed here)."""
+    width = frame.vit_config.hidden_size if frame.model_type == "emma" else None
+    scores = frame.num_labels + getattr(frame, "num_action_units", 0)
+    if getattr(frame, "use_cnn_scores", False):
+        scores += frame.cnn_config.num_labels
+    if width != temporal.feature_size or scores != temporal.num_scores:
         raise ValueError(
-            f"the temporal model reads {config.feature_size}-wide features and {config.num_scores} scores; the frame "
-            f"model {name} gives {width} and {scores}: use the EMMA it was trained on ({config.frame_model})"
+            f"the temporal model reads {temporal.feature_size}-wide features and {temporal.num_scores} scores; the "
+            f"frame model {name} gives {width} and {scores}: use the EMMA it was trained on ({temporal.frame_model})"
         )
+    labels = [frame.id2label[i] for i in range(frame.num_labels)]
+    if labels != [temporal.id2label[i] for i in range(temporal.num_labels)] or list(frame.au_names) != list(
+        temporal.au_names
+    ):
+        raise ValueError(f"the frame model {name} names its expressions or AUs otherwise than the temporal model")
     sha = weights_sha256(name)
-    if config.frame_model_sha256 and sha and sha != config.frame_model_sha256:
+    if temporal.frame_model_sha256 and sha and sha != temporal.frame_model_sha256:
         message = (f"the frame model {name} has other weights (sha256 {sha[:12]}...) than the one the temporal "
-                   f"model was trained on ({config.frame_model_sha256[:12]}...)")  # fmt: skip
+                   f"model was trained on ({temporal.frame_model_sha256[:12]}...)")  # fmt: skip
         if strict:
             raise ValueError(message + "; without --strict it is used all the same")
         logger.warning("%s: its answers may be off", message)
-    return frame
 
 
 def load_image_normalisation(
@@ -308,6 +324,7 @@ __all__ = [
     "NotAnAffectModelError",
     "OnnxAffectModel",
     "OnnxExportError",
+    "check_frame_model",
     "check_model_location",
     "cpu_has_native_bf16",
     "dtype_name",

@@ -247,6 +247,9 @@ def test_local_paths_and_hub_ids_are_told_apart(emma_folder, tmp_path):
     assert not is_local_path("someone/emma-abaw")  # a Hub id: left to the Hub
     with pytest.raises(FileNotFoundError, match="model folder not found: runs/emma/best_model"):
         load_affect_model("runs/emma/best_model")
+    # A bare name is a Hub id; offline (the tests' machine) or missing there, the error names it as one.
+    with pytest.raises(OSError, match="no-such-emma is no folder here, and as a Hub id it could not be loaded"):
+        load_affect_model("no-such-emma", local_files_only=True)
     with pytest.raises(ValueError, match="the onnx backend runs on the CPU"):
         load_affect_model(emma_folder, backend="onnx", device="cuda")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):

@@ -17,7 +17,7 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
     out = tmp_path / "bench.json"
     argv = "--preset tiny --device cpu --dtype both --steps 1 --warmup 0 --inference-batch-sizes 1 2".split()
     argv += "--train-batch-size 2 --matmul-sizes 64 --matmul-time 0.01 --video-frames 3 --video-sizes 320x180".split()
-    argv += "640x360 --corpus-processes 2 --corpus-videos 3 --json".split() + [str(out)]
+    argv += "640x360 --corpus-processes 2 --corpus-videos 3 --temporal-track-frames 2500 --json".split() + [str(out)]
     report = benchmark.main(argv)
 
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report["results"]))
@@ -36,15 +36,27 @@ def test_tiny_run_reports_every_phase(benchmark, tmp_path):
         assert result["images_per_s"] > 0 and result["fraction_of_peak"] > 0 and result["peak_memory_gib"] > 0
     assert set(report["speedup_over_fp32"]) == {"bf16 inference_batch1", "bf16 inference_batch2",
                                                 "bf16 training_batch2"}  # fmt: skip
-    # End to end through `affect-hf predict` on generated two-face videos, per size: 1x and 4x long, then each
-    # stage alone on the short video's frames and faces.
+    # End to end through `affect-hf predict` on generated two-face videos, per size: 1x and 4x long, the short one
+    # through a temporal model each way, then each stage alone on the short video's frames and faces.
     end_to_end = {row["phase"]: row for row in report["end_to_end"]}
     assert list(end_to_end) == [
         name for size in ("320x180", "640x360") for name in (
-            f"end-to-end, {size}", f"end-to-end, {size}, 4x longer", f"decode alone, {size}",
-            f"detect + align alone, {size}", f"model alone, {size}")
+            f"end-to-end, {size}", f"end-to-end, {size}, 4x longer", f"+ temporal (bidirectional), {size}",
+            f"+ temporal (causal), {size}", f"decode alone, {size}", f"detect + align alone, {size}",
+            f"model alone, {size}")
     ]  # fmt: skip
-    assert [(row["frames"], row["faces"]) for row in report["end_to_end"]] == [(3, 6), (12, 24), *[(3, 6)] * 3] * 2
+    assert [(row["frames"], row["faces"]) for row in report["end_to_end"]] == [(3, 6), (12, 24), *[(3, 6)] * 5] * 2
+    for size in ("320x180", "640x360"):
+        for kind in ("bidirectional", "causal"):
+            temporal = end_to_end[f"+ temporal ({kind}), {size}"]
+            assert temporal["stage_shares"]["temporal"] > 0
+            assert temporal["rate_of_plain_run"] == pytest.approx(
+                temporal["frames_per_s"] / end_to_end[f"end-to-end, {size}"]["frames_per_s"]
+            )
+    # The temporal recipe on a synthetic track: its features extracted once, then an epoch through the loop.
+    track = report["temporal_track"]
+    assert (track["train_frames"], track["validation_frames"]) == (2500, 250) and track["training_steps"] >= 1
+    assert track["extraction_frames_per_s"] > 0 and track["epoch_seconds"] > 0 and track["features_read_back"]
     for size in ("320x180", "640x360"):
         run = end_to_end[f"end-to-end, {size}"]
         # The run's own account of its time: every stage, and together nearly all of it.

@@ -138,6 +138,23 @@ def test_predict_with_the_onnx_backend_gives_torchs_rows(emma, tmp_path, capsys)
     assert rows["onnx"]["expression"] == rows["torch"]["expression"]
 
 
+def test_the_onnx_backend_feeds_a_temporal_model_as_torch_does(emma, tmp_path):
+    """The export's pooled feature and CNN scores are what a temporal model reads: its rows match torch's."""
+    from affect_hf.data.synthetic_video import write_face_video
+    from tests.test_temporal_predict import visible_temporal
+
+    model, folder, _ = emma
+    video = write_face_video(tmp_path / "two.mp4", astronaut()[40:300, 110:350], num_frames=6, fps=12,
+                             size=(384, 216))  # fmt: skip
+    temporal = visible_temporal(model.config)
+    tables = {backend: affect_hf.analyze(video, folder, backend=backend, device="cpu", temporal=temporal,
+                                         keep_frame_outputs=True) for backend in ("torch", "onnx")}  # fmt: skip
+    assert len(tables["onnx"]) == len(tables["torch"]) == 12
+    for column in ("valence", "arousal", "expression_Neutral", "AU12_probability", "frame_valence"):
+        np.testing.assert_allclose(tables["onnx"][column], tables["torch"][column], atol=1e-4, err_msg=column)
+    assert (tables["onnx"]["valence"] - tables["onnx"]["frame_valence"]).abs().max() > 0.01
+
+
 def test_predict_abaw_and_evaluate_run_the_export(emma, faces, tmp_path):
     """`--backend onnx` through the evaluation layer: a valid MTL submission with torch's answers, and the same
     scores; int8 is scored beside it (what quantisation costs)."""

@@ -83,19 +83,27 @@ def track_windows(frames: Dataset, span: int, stride: int, each_frame_once: bool
     windows = []
     boundaries = np.flatnonzero(videos[1:] != videos[:-1]) + 1
     for first_row, end_row in zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(videos)], strict=True):
-        video_numbers = numbers[first_row:end_row]
-        first, last = int(video_numbers[0]), int(video_numbers[-1])
-        if each_frame_once:
-            starts = list(range(first, last + 1, span))
-        else:
-            starts = list(range(first, max(last - span + 1, first) + 1, stride))
-            if starts[-1] + span <= last:
-                starts.append(last - span + 1)  # the last window ends at the video's end
-        for start in starts:
-            rows = np.searchsorted(video_numbers, [start, start + span])
-            if rows[1] > rows[0]:
-                windows.append(Window(str(videos[first_row]), first_row + int(rows[0]), first_row + int(rows[1])))
+        for start, stop in window_rows(numbers[first_row:end_row], span, stride, each_frame_once):
+            windows.append(Window(str(videos[first_row]), first_row + start, first_row + stop))
     return windows
+
+
+def window_rows(positions: np.ndarray, span: float, stride: int = 1, each_frame_once: bool = False) -> list[tuple]:
+    """`track_windows` over one video (or one face's track): (start, stop) rows of `positions` (frame numbers, in
+    order; with `each_frame_once`, times in frames too) for each window."""
+    first, last = positions[0], positions[-1]
+    if each_frame_once:
+        starts = [first + span * step for step in range(int((last - first) // span) + 1)]
+    else:
+        starts = list(range(int(first), max(int(last) - span + 1, int(first)) + 1, stride))
+        if starts[-1] + span <= last:
+            starts.append(last - span + 1)  # the last window ends at the video's end
+    bounds = []
+    for start in starts:
+        rows = np.searchsorted(positions, [start, start + span])
+        if rows[1] > rows[0]:
+            bounds.append((int(rows[0]), int(rows[1])))
+    return bounds
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -138,4 +146,11 @@ class WindowDataset(torch.utils.data.Dataset):
         }
 
 
-__all__ = ["Window", "WindowDataset", "extract_frame_features", "frame_features_fingerprint", "track_windows"]
+__all__ = [
+    "Window",
+    "WindowDataset",
+    "extract_frame_features",
+    "frame_features_fingerprint",
+    "track_windows",
+    "window_rows",
+]

@@ -20,8 +20,9 @@ from ..data.transforms import IMAGE_MEAN, IMAGE_STD
 from ..faces.alignment import align_faces
 from ..faces.detection import FaceDetections, FaceDetector, ImageInput, as_image_tensor, load_face_detector
 from ..faces.pose import head_poses
+from ..modeling.modeling_temporal import frame_inputs
 from ..modeling.pipeline_affect import affect_scores, describe
-from ..models import load_affect_model, load_image_normalisation
+from ..models import TEMPORAL_MODEL_TYPE, load_affect_model, load_image_normalisation
 from .results import FaceResult
 
 
@@ -102,6 +103,11 @@ class FaceAffectAnalyzer:
     ) -> "FaceAffectAnalyzer":
         check_face_options(min_face_score, max_faces)
         affect_model = load_affect_model(model, backend=backend, device=device, dtype=dtype, **hub_options)
+        if affect_model.config.model_type == TEMPORAL_MODEL_TYPE:
+            raise ValueError(
+                f"{model} is a temporal model: it reads a frame model's outputs, not pictures. Give its frame model "
+                f"({affect_model.config.frame_model}) as the model and this folder as `temporal` (--temporal)"
+            )
         mean, std = load_image_normalisation(model, **hub_options)
         if isinstance(detector, str):
             scores = {} if min_face_score is None else {"min_score": min_face_score}
@@ -182,6 +188,8 @@ class FaceAffectAnalyzer:
                     pooled = getattr(outputs, "features", None)  # DAN's
                 if pooled is not None:
                     chunk["features"] = pooled.float().cpu()
+                if pooled is not None and getattr(outputs, "au_logits", None) is not None:  # EMMA: what time reads
+                    chunk["frame_scores"] = frame_inputs(outputs)[1].float().cpu()
                 chunks.append(chunk)
         scores = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]} if chunks else {}
         with timed("pose"):
@@ -202,6 +210,7 @@ class FaceAffectAnalyzer:
                     face_id=i,
                     **describe(scores, row + i, self.config),
                     features=scores["features"][row + i] if "features" in scores else None,
+                    frame_scores=scores["frame_scores"][row + i] if "frame_scores" in scores else None,
                     **dict(zip(("yaw", "pitch", "roll"), poses[i] or (None, None, None), strict=True)),
                     sharpness=sharpness[row + i],
                 )

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 
 from ..data.pictures import MAX_PIXELS
 from ..files import OutputLock
-from ..models import dtype_name, is_local_path, weights_sha256
+from ..models import (
+    TEMPORAL_MODEL_TYPE,
+    check_frame_model,
+    dtype_name,
+    is_local_path,
+    load_affect_model,
+    weights_sha256,
+)
 from .analysis import AlignedFaces, FaceAffectAnalyzer, StageSeconds
 from .corpus import CorpusProgress, Launch, check_corpus_output, plan_corpus
 from .media import (
@@ -41,6 +48,7 @@ from .media import (
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
 from .table import TableWriter, check_output, check_table_path, clear_table_folder, read_table, shard_records
+from .temporal import TemporalTracks
 from .tracking import FaceTracker
 
 
@@ -81,6 +89,9 @@ class AnalysisRun:
     The inputs are expanded and the model loaded (and checked to be an affect model) before any file is read.
     `model` is a folder, a Hub id or a `FaceAffectAnalyzer` (`affect_hf.pipeline(...)`), whose own device, backend
     and detector options then apply. What the reader met is in `report`; the counts grow as the batches come.
+    With a `temporal` model, a batch holds the frames that model has answered (`inference.temporal`): with a
+    bidirectional one, fewer than were read or none, until the faces' tracks end; `keep_images` keeps the pictures
+    of the frames it holds (the overlay draws them).
     """
 
     def __init__(
@@ -102,6 +113,11 @@ class AnalysisRun:
         progress: bool = False,
         exclude: tuple[str | os.PathLike, ...] = (),
         overlap: bool | None = None,
+        temporal: "str | os.PathLike | torch.nn.Module | None" = None,
+        max_track_seconds: float = 60.0,
+        keep_frame_outputs: bool = False,
+        strict: bool = False,
+        keep_images: bool = False,
     ):
         for name, value, least in (("every_n_frames", every_n_frames, 1), ("batch_size", batch_size, 1),
                                    ("max_pixels", max_pixels, 1)):  # fmt: skip
@@ -112,6 +128,12 @@ class AnalysisRun:
                 raise ValueError(f"{name} must not be negative, got {value}")
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+        if temporal is not None and smoothing:
+            raise ValueError("smoothing and a temporal model both model time: use one of them (smoothing 0)")
+        if temporal is not None and max_track_seconds <= 0:
+            raise ValueError(f"max_track_seconds must be positive, got {max_track_seconds}")
+        if keep_frame_outputs and temporal is None:
+            raise ValueError("keep_frame_outputs keeps the frame model's answers beside a temporal model's: give one")
         self.items = expand_inputs(inputs, exclude)
         self.start = 0  # the first input to read (a resumed run skips the finished ones)
         self.options = {"every_n_frames": every_n_frames, "max_faces": max_faces, "min_face_score": min_face_score,
@@ -130,12 +152,29 @@ class AnalysisRun:
         # a CPU they would share the same cores (None: on for CUDA devices).
         self.overlap = self.analyzer.device.type == "cuda" if overlap is None else overlap
         self.identities = FaceIdentities(max_gap, smoothing, self.analyzer.config)
-        self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names)
+        self.temporal, self.temporal_source = None, None
+        if temporal is not None:
+            self.temporal_source, model = load_temporal_model(temporal, self.analyzer, strict)
+            self.temporal = TemporalTracks(model, max_track_seconds, max_gap, keep_frame_outputs, keep_images)
+            self.options["max_track_seconds"] = max_track_seconds
+        self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names, keep_frame_outputs)
         self.report = MediaReport()
         self.frames = self.faces = self.frames_without_face = 0
         self.stage_seconds = StageSeconds()
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.temporal is None:
+            yield from self._analysed_batches()
+            return
+        for batch in self._analysed_batches():  # a bidirectional model holds each face's frames until its track ends
+            with self.stage_seconds.timed("temporal"):
+                released = self.temporal.add(batch)
+            yield released
+        with self.stage_seconds.timed("temporal"):
+            released = self.temporal.finish()
+        yield released
+
+    def _analysed_batches(self) -> Iterator[Batch]:
         frames = prefetched_frames(
             self.items[self.start :], self.every_n_frames, self.report, 2 * self.batch_size, self.max_seconds,
             self.max_pixels, first_item=self.start,
@@ -218,9 +257,18 @@ class AnalysisRun:
                          getattr(detector, "max_faces", None)],
             **{name: value for name, value in self.options.items() if name not in ("min_face_score", "max_faces")},
             "columns": _digest(self.schema.names),
+            # The temporal model, where one runs (tables written before it existed resume).
+            **({} if self.temporal is None else self._temporal_fingerprint()),
             # The model's dtype, where not fp32 (tables written before `--dtype` existed are fp32 and resume).
             **({} if analyzer.model.dtype == torch.float32 else {"dtype": dtype_name(analyzer.model.dtype)}),
         }  # fmt: skip
+
+    def _temporal_fingerprint(self) -> dict[str, Any]:
+        """The temporal model's name, weights and the settings of its config that change its answers."""
+        config = self.temporal.config
+        settings = [config.causal, config.window_frames, config.frames_per_second, list(config.au_thresholds)]
+        version = _version(self.temporal_source, self.temporal.model)
+        return {"temporal": self.temporal_source, "temporal_version": version, "temporal_settings": _digest(settings)}
 
     @staticmethod
     def rows(batch: Batch) -> list[dict[str, Any]]:
@@ -240,7 +288,8 @@ def iter_analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.Path
     """
     run = AnalysisRun(inputs, model, **options)
     for batch in run:
-        yield run.dataframe(run.rows(batch))
+        if batch:  # a bidirectional temporal model may hold a batch's frames for later
+            yield run.dataframe(run.rows(batch))
 
 
 def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike | FaceAffectAnalyzer, **options: Any):
@@ -254,8 +303,12 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     `every_n_frames`, `max_faces`, `min_face_score` (None: the detector's), `smoothing` (seconds, 0: off),
     `max_gap` (seconds a lost face keeps its id), `max_seconds` (of each video), `max_pixels` (the picture limit),
     `overlap` (find the next batch's faces in a second thread while the model runs; None: on CUDA devices),
-    `progress`. Files that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when
-    nothing at all can be read, a `ValueError` names each input and why.
+    `progress`; `temporal` (a `--recipe temporal` folder, Hub id or loaded model, over each tracked face's frames
+    with `model` as its frame model: `inference.temporal`), `max_track_seconds` (60: a bidirectional temporal model
+    holds a face's rows up to this long, then cuts its track), `keep_frame_outputs` (the frame model's answers
+    too, in `frame_` columns), `strict` (refuse a frame model whose weights are not the temporal model's). Files
+    that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when nothing at all can
+    be read, a `ValueError` names each input and why.
     """
     run = AnalysisRun(inputs, model, **options)
     rows = [row for batch in run for row in run.rows(batch)]
@@ -273,9 +326,29 @@ def model_version(analyzer: FaceAffectAnalyzer) -> str | None:
     model = analyzer.model
     if getattr(model, "record", None) is not None:  # an ONNX export
         return model.record["files"][model.file_name]
-    if analyzer.source and is_local_path(analyzer.source):
-        return weights_sha256(analyzer.source)
+    return _version(analyzer.source, model)
+
+
+def _version(source: str | None, model: Any) -> str | None:
+    if source and is_local_path(source):
+        return weights_sha256(source)
     return getattr(model.config, "_commit_hash", None)
+
+
+def load_temporal_model(
+    temporal: "str | os.PathLike | torch.nn.Module", analyzer: FaceAffectAnalyzer, strict: bool = False
+) -> tuple[str | None, torch.nn.Module]:
+    """(its name, the model) of a temporal folder, Hub id or loaded model, on the analyzer's device in fp32,
+    checked against the analyzer's frame model (`models.check_frame_model`: refused by width or labels, by weights
+    with `strict`)."""
+    if isinstance(temporal, torch.nn.Module):
+        name, model = getattr(temporal, "name_or_path", None) or None, temporal.eval()
+    else:
+        name, model = str(temporal), load_affect_model(temporal, device=analyzer.device, dtype="fp32")
+    if model.config.model_type != TEMPORAL_MODEL_TYPE:
+        raise ValueError(f"{name} holds a {model.config.model_type} model, not a temporal one (`--recipe temporal`)")
+    check_frame_model(model.config, analyzer.config, analyzer.source or "the frame model", strict)
+    return name, model
 
 
 def _identity(item) -> list:
@@ -361,7 +434,8 @@ def predict(
                 locks.append(OutputLock(path).acquire())
         check_output(output, resume, overwrite)
         own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
-        run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, **options)
+        run = AnalysisRun(paths, model, progress=progress, exclude=own_outputs, keep_images=overlay is not None,
+                          **options)  # fmt: skip
         writer = TableWriter(output, run.schema, run.fingerprint(), resume=resume, overwrite=overwrite,
                              rows_per_part=rows_per_part, flush_seconds=flush_seconds, lock=locks[0])  # fmt: skip
         kept_overlay = overlay is not None and resume and Path(overlay).is_file()
@@ -404,7 +478,8 @@ def _predict_corpus(
         if refusal is not None:
             raise refusal
         own_outputs = (output, *(path for path in (plots_dir, overlay) if path is not None))
-        run = AnalysisRun(paths, model, progress=False, exclude=own_outputs, **{**options, "device": launch.device})
+        run = AnalysisRun(paths, model, progress=False, exclude=own_outputs, keep_images=overlay is not None,
+                          **{**options, "device": launch.device})  # fmt: skip
         fingerprint = run.fingerprint()
         # Every process must see the same inputs, model and options as the first: the plan names inputs by position.
         differing = sorted({key for other in launch.gather(fingerprint) for key in {*other, *fingerprint}

@@ -13,7 +13,9 @@ The table (`affect-hf predict`, `affect_hf.analyze`, the app) has one row per fr
 - the five ABAW landmarks `right_eye`, `left_eye`, `nose_tip`, `mouth_right`, `mouth_left` as `<name>_x`,
   `<name>_y`, whatever the detector (empty where it gives no such point);
 - `valence`, `arousal` (EMMA), `expression`, one `expression_<Label>` probability per class, and per AU
-  `<AU>_probability` and `<AU>` (1 when active at the model's threshold, else 0);
+  `<AU>_probability` and `<AU>` (1 when active at the model's threshold, else 0): a temporal model's answers where
+  one was run (`--temporal`), and then with `--keep_frame_outputs` the frame model's own beside them, the same
+  columns prefixed `frame_`;
 - last, the detector's other landmarks (BlazeFace: `mouth_center`, the ear tragions), `_x` and `_y` (empty in the
   rows of faces another detector found).
 """
@@ -32,6 +34,11 @@ FRAME_COLUMNS = (("source", pa.string()), ("frame", pa.int64()), ("time", pa.flo
 BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
 QUALITY_COLUMNS = ("face_width", "sharpness")
 POSE_COLUMNS = ("yaw", "pitch", "roll")
+# The frame model's own answers beside a temporal model's (`--keep_frame_outputs`): its columns with this prefix.
+FRAME_LEVEL_PREFIX = "frame_"
+# What a face's answer (`to_dict`) leaves out: tensors for the later stages, and the frame-level answers (nested).
+HIDDEN_FIELDS = ("features", "frame_scores", "frame_level")
+AFFECT_FIELDS = ("valence", "arousal", "expression", "expression_scores", "au_probabilities", "au_active")
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,12 @@ class FaceResult:
     pitch: float | None = None
     roll: float | None = None
     sharpness: float | None = None
-    # The affect model's pooled feature of the face (its appearance, for the tracker); in no dict or row.
+    # The affect model's pooled feature of the face (its appearance, for the tracker and a temporal model), and the
+    # scores EMMA's VA head reads (`modeling_temporal.frame_inputs`, for a temporal model); in no dict or row.
     features: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    frame_scores: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    # The frame model's own answers, where a temporal model's replaced them and they are kept (`--keep_frame_outputs`).
+    frame_level: "FaceResult | None" = field(default=None, compare=False, repr=False)
 
     @property
     def width(self) -> float:
@@ -75,9 +86,23 @@ class FaceResult:
         }
         for entry in fields(self):
             value = getattr(self, entry.name)
-            if entry.name not in result and entry.name != "features" and value is not None:
+            if entry.name not in result and entry.name not in HIDDEN_FIELDS and value is not None:
                 result[entry.name] = dict(value) if isinstance(value, dict) else value
+        if self.frame_level is not None:
+            result["frame_level"] = {name: value for name, value in self.frame_level.to_dict().items()
+                                     if name in AFFECT_FIELDS}  # fmt: skip
         return result
+
+    def affect_columns(self) -> dict[str, Any]:
+        """The model's answers as table columns: valence, arousal, expression, its probabilities, the AUs."""
+        row: dict[str, Any] = {}
+        if self.valence is not None:
+            row["valence"], row["arousal"] = self.valence, self.arousal
+        row["expression"] = self.expression
+        row.update({f"expression_{label}": score for label, score in self.expression_scores.items()})
+        for name, probability in (self.au_probabilities or {}).items():
+            row[f"{name}_probability"], row[name] = probability, int(self.au_active[name])
+        return row
 
     def to_row(self) -> dict[str, Any]:
         """The face's columns of the table (all but the frame's: `source`, `frame`, `time`)."""
@@ -86,12 +111,10 @@ class FaceResult:
         row.update(face_width=self.width, sharpness=self.sharpness, yaw=self.yaw, pitch=self.pitch, roll=self.roll)
         for name in ABAW_LANDMARKS:
             row[f"{name}_x"], row[f"{name}_y"] = self.landmarks.get(name, (None, None))
-        if self.valence is not None:
-            row["valence"], row["arousal"] = self.valence, self.arousal
-        row["expression"] = self.expression
-        row.update({f"expression_{label}": score for label, score in self.expression_scores.items()})
-        for name, probability in (self.au_probabilities or {}).items():
-            row[f"{name}_probability"], row[name] = probability, int(self.au_active[name])
+        row.update(self.affect_columns())
+        if self.frame_level is not None:
+            frame_level = self.frame_level.affect_columns()
+            row.update({f"{FRAME_LEVEL_PREFIX}{name}": value for name, value in frame_level.items()})
         for name, (x, y) in self.landmarks.items():
             if name not in ABAW_LANDMARKS:
                 row[f"{name}_x"], row[f"{name}_y"] = x, y
@@ -111,19 +134,28 @@ def extra_landmarks(landmark_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in landmark_names if name not in ABAW_LANDMARKS)
 
 
-def table_schema(config: Any, landmark_names: Sequence[str]) -> pa.Schema:
-    """The columns and their types for a model (its labels and AUs) and a detector (its landmarks)."""
-    columns = [*FRAME_COLUMNS, ("face_id", pa.int64()), ("face_score", pa.float32())]
-    columns += [(name, pa.float32()) for name in (*BOX_COLUMNS, *QUALITY_COLUMNS, *POSE_COLUMNS)]
-    columns += [(f"{name}_{axis}", pa.float32()) for name in ABAW_LANDMARKS for axis in "xy"]
-    if getattr(config, "model_type", None) == "emma":
-        columns += [("valence", pa.float32()), ("arousal", pa.float32())]
+def affect_schema(config: Any, prefix: str = "") -> list[tuple[str, pa.DataType]]:
+    """The answer columns of a model (its labels and AUs), in order, their names prefixed with `prefix`."""
+    emma = getattr(config, "model_type", None) == "emma"
+    columns = [("valence", pa.float32()), ("arousal", pa.float32())] if emma else []
     columns += [("expression", pa.string())]
     columns += [(f"expression_{config.id2label[i]}", pa.float32()) for i in range(len(config.id2label))]
     for name in getattr(config, "au_names", ()):
         columns += [(f"{name}_probability", pa.float32()), (name, pa.int8())]
+    return [(prefix + name, kind) for name, kind in columns]
+
+
+def table_schema(config: Any, landmark_names: Sequence[str], frame_level: bool = False) -> pa.Schema:
+    """The columns and their types for a model (its labels and AUs) and a detector (its landmarks); `frame_level`:
+    the frame model's own answers too, beside a temporal model's (`FRAME_LEVEL_PREFIX`)."""
+    columns = [*FRAME_COLUMNS, ("face_id", pa.int64()), ("face_score", pa.float32())]
+    columns += [(name, pa.float32()) for name in (*BOX_COLUMNS, *QUALITY_COLUMNS, *POSE_COLUMNS)]
+    columns += [(f"{name}_{axis}", pa.float32()) for name in ABAW_LANDMARKS for axis in "xy"]
+    columns += affect_schema(config)
+    if frame_level:
+        columns += affect_schema(config, FRAME_LEVEL_PREFIX)
     columns += [(f"{name}_{axis}", pa.float32()) for name in extra_landmarks(landmark_names) for axis in "xy"]
     return pa.schema(columns)
 
 
-__all__ = ["FaceResult", "frame_rows", "table_schema"]
+__all__ = ["FRAME_LEVEL_PREFIX", "FaceResult", "affect_schema", "frame_rows", "table_schema"]

@@ -73,6 +73,17 @@ class TemporalArguments:
         return max(1, round(self.window_frames * (1 - self.window_overlap)))
 
 
+def temporal_config(frame: Any, **options: Any) -> TemporalAffectConfig:
+    """A temporal model's config for a frame-level EMMA's (`frame`): its feature width, the scores its VA head reads,
+    its labels, AUs and thresholds; `options` set the rest (`TemporalAffectConfig`'s fields)."""
+    cnn_scores = frame.cnn_config.num_labels if frame.use_cnn_scores else 0
+    return TemporalAffectConfig(
+        feature_size=frame.vit_config.hidden_size, num_scores=cnn_scores + frame.num_labels + frame.num_action_units,
+        au_thresholds=frame.au_thresholds, au_pos_weight=frame.au_pos_weight, au_names=frame.au_names,
+        id2label=frame.id2label, **options,
+    )  # fmt: skip
+
+
 class TemporalRecipe(Recipe):
     name = "temporal"
     description = "a temporal model over a frozen EMMA's per-frame outputs (ABAW MTL or an Aff-Wild2 track)"
@@ -117,17 +128,12 @@ class TemporalRecipe(Recipe):
 
     def build_model(self) -> TemporalAffectModel:
         options = self.recipe_args
-        frame = AutoConfig.from_pretrained(options.frame_model)
-        cnn_scores = frame.cnn_config.num_labels if frame.use_cnn_scores else 0
-        config = TemporalAffectConfig(
-            feature_size=frame.vit_config.hidden_size,
-            num_scores=cnn_scores + frame.num_labels + frame.num_action_units,
-            hidden_size=options.hidden_size, num_hidden_layers=options.num_hidden_layers,
-            num_attention_heads=options.num_attention_heads, intermediate_size=2 * options.hidden_size,
-            dropout=options.dropout, causal=options.causal, frame_model=str(options.frame_model),
-            frame_model_sha256=weights_sha256(options.frame_model), window_frames=options.window_frames,
-            au_thresholds=frame.au_thresholds,
-            au_pos_weight=frame.au_pos_weight, au_names=frame.au_names, id2label=frame.id2label,
+        config = temporal_config(
+            AutoConfig.from_pretrained(options.frame_model), hidden_size=options.hidden_size,
+            num_hidden_layers=options.num_hidden_layers, num_attention_heads=options.num_attention_heads,
+            intermediate_size=2 * options.hidden_size, dropout=options.dropout, causal=options.causal,
+            frame_model=str(options.frame_model), frame_model_sha256=weights_sha256(options.frame_model),
+            window_frames=options.window_frames, frames_per_second=options.fps,
         )  # fmt: skip
         return TemporalAffectModel(config)
 
@@ -187,4 +193,4 @@ class TemporalRecipe(Recipe):
         )
 
 
-__all__ = ["TemporalArguments", "TemporalRecipe"]
+__all__ = ["TemporalArguments", "TemporalRecipe", "temporal_config"]
