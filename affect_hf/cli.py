@@ -239,8 +239,9 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
     temporal_arguments(parser)
     parser.add_argument(
         "--max_track_seconds", type=float, default=60.0,
-        help="a bidirectional --temporal model holds each face's rows until its track ends or spans this long, then "
-        "cuts it: the table is behind the video by up to this plus --max_gap",
+        help="a bidirectional --temporal model holds each face's rows until its track ends or spans this long (to the "
+        "next window boundary), then cuts it, which changes no answer: the table is behind the video by up to this "
+        "plus a window plus --max_gap",
     )  # fmt: skip
     parser.add_argument(
         "--keep_frame_outputs", action="store_true",

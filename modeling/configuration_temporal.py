@@ -24,8 +24,8 @@ class TemporalAffectConfig(PreTrainedConfig):
         frame_model: the path or Hub id of the frame-level model this one reads, and `frame_model_sha256` its
             weights' sha256: a temporal folder used with another frame model is refused.
         window_frames: the window it was trained on, in frames (evaluation and inference run windows of it).
-        frames_per_second: the frame rate of the videos it was trained on. Inference places a video's frames at
-            their time x this rate (a window then spans the same seconds at any frame rate); None: by frame index.
+        frames_per_second: the frame rate of the videos it was trained on (frame numbers per second). Inference
+            places a video's frames at their time x this rate: a window spans the same seconds at any frame rate.
         va_loss_weight, expression_loss_weight, au_loss_weight, au_pos_weight, au_thresholds, au_names: as EMMA's.
     """
 
@@ -43,7 +43,7 @@ class TemporalAffectConfig(PreTrainedConfig):
     frame_model: str | None = None
     frame_model_sha256: str | None = None
     window_frames: int | None = None
-    frames_per_second: float | None = None
+    frames_per_second: float = 30.0
     va_loss_weight: float = 1.0
     expression_loss_weight: float = 1.0
     au_loss_weight: float = 1.0

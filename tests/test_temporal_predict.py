@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -35,12 +36,13 @@ ANSWER_COLUMNS = ["valence", "arousal", "expression_Neutral", "expression_Happin
                   "AU12_probability"]  # fmt: skip
 
 
-def visible_temporal(frame_config, causal: bool = False, seed: int = 0) -> TemporalAffectModel:
+def visible_temporal(frame_config, causal: bool = False, seed: int = 0, window_frames: int = WINDOW,
+                     frames_per_second: float = FPS) -> TemporalAffectModel:  # fmt: skip
     """A tiny temporal model for `frame_config`'s EMMA with weights large enough that every frame of its window
     moves every answer (initialised weights barely do)."""
     config = temporal_config(frame_config, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                             intermediate_size=64, dropout=0.0, causal=causal, window_frames=WINDOW,
-                             frames_per_second=float(FPS))  # fmt: skip
+                             intermediate_size=64, dropout=0.0, causal=causal, window_frames=window_frames,
+                             frames_per_second=float(frames_per_second))  # fmt: skip
     model = TemporalAffectModel(config).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -83,7 +85,8 @@ def model_answers(model: TemporalAffectModel, faces: list, times: list[float]) -
     with torch.no_grad():
         outputs = model(features=torch.stack([face.features for face in faces])[None],
                         scores=torch.stack([face.frame_scores for face in faces])[None],
-                        positions=(torch.tensor(times, dtype=torch.float64) * FPS).float()[None])  # fmt: skip
+                        positions=(torch.tensor(times, dtype=torch.float64) * model.config.frames_per_second
+                                   ).float()[None])  # fmt: skip
     first = type(outputs)(**{name: outputs[name][0] for name in ("logits", "valence_arousal", "au_logits")})
     scores = affect_scores(first, model.config)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -162,30 +165,47 @@ def test_a_causal_model_answers_each_frame_from_the_last_window_as_frames_come(f
 
 
 def test_a_bidirectional_model_holds_a_track_no_longer_than_max_track_seconds(folders, frame_level):
-    """Cut at 0.45 s, each face's track is answered in stretches of 6 frames; rows wait for their stretch only, the
-    held frames without their pictures."""
+    """Cut at 0.45 s (to the next window boundary: 8 frames), each face's rows wait for their stretch only, the held
+    frames without their pictures, and every answer is the uncut run's."""
     run = AnalysisRun(folders["video"], folders["emma"], temporal=folders["bidirectional"], device="cpu",
                       batch_size=5, max_track_seconds=0.45)  # fmt: skip
-    read = released = 0
+    released = 0
     lags, frames, batches = [], [], []
     for batch in run:
-        read = run.frames
         released += len(batch)
-        lags.append(read - released)
+        lags.append(run.frames - released)
         frames += [frame for frame, _ in batch]
         batches.append(batch)
-    assert lags[0] == 5 and max(lags) <= 6 + 5 and lags[-1] == 0  # the first batch waits; none waits for long
+    assert lags[0] == 5 and max(lags) <= 8 + 5 - 1 and lags[-1] == 0  # the first batch waits; none waits for long
     assert [frame.index for frame in frames] == list(range(NUM_FRAMES))
-    assert frames[0].image.numel() == 0  # held: its pixels were let go
+    assert all(frame.image.untyped_storage().nbytes() == 0 for frame in frames)  # held: their pixels were let go
     model = TemporalAffectModel.from_pretrained(folders["bidirectional"]).eval()
-    faces = {face.face_id: [] for _, found in batches[-1] for face in found}
+    faces: dict[int, list] = {0: [], 1: []}
     for batch in batches:
         for _, found in batch:
             for face in found:
                 faces[face.face_id].append(face)
     for face_id, track in frame_level.items():
-        expected = expected_rows(model, track, [list(range(start, start + 6)) for start in range(0, NUM_FRAMES, 6)])
+        expected = expected_rows(model, track, side_by_side(track, WINDOW))
         np.testing.assert_allclose([face.valence for face in faces[face_id]], expected["valence"], atol=2e-5)
+
+
+def test_sampled_frames_and_two_videos_in_a_row_each_get_their_own_windows(folders, frame_level, tmp_path):
+    """With every third frame, a window of 8 frame numbers holds 3 frames; a second video starts its faces afresh
+    (nothing of the first one's tracks reaches it)."""
+    copy = tmp_path / "again.mp4"
+    shutil.copy(folders["video"], copy)
+    table = affect_hf.analyze([folders["video"], copy], folders["emma"], temporal=folders["bidirectional"],
+                              device="cpu", every_n_frames=3)  # fmt: skip
+    model = TemporalAffectModel.from_pretrained(folders["bidirectional"]).eval()
+    for source in (folders["video"], copy):
+        rows = table[table["source"] == str(source)]
+        for face_id, track in frame_level.items():
+            sampled = [sighting for sighting in track if sighting[0] % 3 == 0]
+            windows = side_by_side(sampled, WINDOW)
+            assert [len(window) for window in windows] == [3, 3, 2]
+            expected = expected_rows(model, sampled, windows)
+            np.testing.assert_allclose(face_rows(rows, face_id)["valence"], expected["valence"], atol=2e-5)
 
 
 def test_still_pictures_and_a_one_frame_video_get_rows_at_frame_level_said_once(folders, tmp_path, caplog):
@@ -241,7 +261,7 @@ def test_a_temporal_table_resumes_only_as_the_run_that_wrote_it(folders, tmp_pat
     again = predict([video], emma, output, temporal=folders["bidirectional"], device="cpu", progress=False,
                     resume=True)  # fmt: skip
     assert again.resumed_inputs == 1 and again.rows == 0
-    with pytest.raises(ValueError, match=r"\(temporal, temporal_settings changed\)"):
+    with pytest.raises(ValueError, match=r"\(max_track_seconds, temporal, temporal_settings changed\)"):
         predict([video], emma, output, temporal=folders["causal"], device="cpu", progress=False, resume=True)
     moved = tmp_path / "moved"  # the same weights elsewhere still name another run: the folder is part of it
     shutil.copytree(folders["bidirectional"], moved)
@@ -267,3 +287,67 @@ def test_the_app_answers_videos_through_the_temporal_model(folders, tmp_path):
 
     page = build_app(analyzer, temporal=temporal)
     assert "In videos, a bidirectional temporal model answers over each face's frames" in json.dumps(page.config)
+
+
+def phone_stream(frames: range, rate: float, generator: torch.Generator, times: dict[int, float] | None = None):
+    """One face on each frame of a video at `rate` frames/s, with the frame model's outputs drawn at random (their
+    values do not matter here, only which frames the temporal model reads together); `times` overrides some."""
+    from affect_hf.inference.media import Frame
+    from affect_hf.inference.results import FaceResult
+
+    stream = []
+    for index in frames:
+        face = FaceResult(box=(0.0, 0.0, 10.0, 10.0), score=1.0, landmarks={}, expression="Neutral",
+                          expression_scores={}, face_id=0, valence=0.5, arousal=0.5,
+                          features=torch.randn(32, generator=generator),
+                          frame_scores=torch.randn(28, generator=generator))  # fmt: skip
+        time = (times or {}).get(index, index / rate)
+        stream.append((Frame("phone.mp4", index, time, torch.zeros(3, 4, 4, dtype=torch.uint8)), [face]))
+    return stream
+
+
+def test_any_frame_rate_a_long_track_a_broken_frame_and_time_going_back_lose_no_row():
+    """A 60 frames/s phone video under a model trained at 25 frames/s (windows of 32 frame numbers: 76.8 of its
+    frames), 70 s of one face: every frame comes back once and in order, each answer is the model over exactly
+    its window (the cut at `max_track_seconds` is invisible), a frame with NaN outputs keeps the frame model's
+    answer and is read by no other, and where time goes back the track starts again."""
+    from affect_hf.inference.temporal import TemporalTracks
+
+    frame_config = tiny_emma_with_visible_heads().config
+    model = visible_temporal(frame_config, window_frames=32, frames_per_second=25.0)
+    start, count, rate = 79, 60 * 70, 60.0  # a face first seen at frame 79: windows do not start at 0
+    back = start + 3000  # this frame's time is 10 frames earlier than the frame before it
+    stream = phone_stream(range(start, start + count), rate, torch.Generator().manual_seed(0),
+                          times={back: (back - 10) / rate})  # fmt: skip
+    broken = start + 1000
+    stream[broken - start][1][0] = replace(stream[broken - start][1][0], features=torch.full((32,), float("nan")))
+    tracks = TemporalTracks(model, max_track_seconds=20.0, max_gap=2.0)
+    released, lags = [], []
+    for first in range(0, count, 16):
+        released += tracks.add(stream[first : first + 16])
+        lags.append(min(first + 16, count) - len(released))
+    released += tracks.finish()
+    assert [frame.index for frame, _ in released] == [frame.index for frame, _ in stream]
+    assert max(lags) <= math.ceil(20.0 * 25 / 32) * 32 / 25 * rate + 16  # a stretch (whole windows) + a batch
+    assert tracks.unreadable_faces == 1 and released[broken - start][1][0].valence == 0.5  # kept at frame level
+
+    def reference(part: list) -> list[float]:
+        """The documented windows, computed apart: from the part's first frame, 32 frame numbers each."""
+        origin = part[0][0].time * 25
+        groups: dict[int, list] = {}
+        for frame, [face] in part:
+            if frame.index != broken:
+                groups.setdefault(math.floor((frame.time * 25 - origin) / 32 + 1e-6), []).append((frame, face))
+        values = []
+        for group in groups.values():
+            values += list(model_answers(model, [face for _, face in group], [frame.time for frame, _ in group])[
+                "valence"])  # fmt: skip
+        return values
+
+    answered = [faces[0].valence for frame, faces in released if frame.index != broken]
+    expected = reference(stream[: back - start]) + reference(stream[back - start :])
+    np.testing.assert_allclose(answered, expected, atol=2e-5)
+    # Causal, the same stream: every frame answered as it comes, from its track's frames less than a window back.
+    causal = TemporalTracks(visible_temporal(frame_config, causal=True, window_frames=32, frames_per_second=25.0))
+    first_batch = stream[:100]
+    assert [frame.index for frame, _ in causal.add(first_batch)] == [frame.index for frame, _ in first_batch]

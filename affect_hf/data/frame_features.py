@@ -8,7 +8,9 @@ zeros; the temporal model places each frame by its number.
 """
 
 import hashlib
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,16 +90,26 @@ def track_windows(frames: Dataset, span: int, stride: int, each_frame_once: bool
     return windows
 
 
-def window_rows(positions: np.ndarray, span: float, stride: int = 1, each_frame_once: bool = False) -> list[tuple]:
+def window_rows(
+    positions: Sequence[float], span: float, stride: int = 1, each_frame_once: bool = False,
+    origin: float | None = None,
+) -> list[tuple[int, int]]:  # fmt: skip
     """`track_windows` over one video (or one face's track): (start, stop) rows of `positions` (frame numbers, in
-    order; with `each_frame_once`, times in frames too) for each window."""
+    order) for each window. `each_frame_once` also takes positions in frames that are not whole (a time x a frame
+    rate) and windows from `origin` (default the first position) on; the windows then partition the rows, whatever
+    the rounding of the positions."""
+    positions = np.asarray(positions)
     first, last = positions[0], positions[-1]
     if each_frame_once:
-        starts = [first + span * step for step in range(int((last - first) // span) + 1)]
-    else:
-        starts = list(range(int(first), max(int(last) - span + 1, int(first)) + 1, stride))
-        if starts[-1] + span <= last:
-            starts.append(last - span + 1)  # the last window ends at the video's end
+        origin = first if origin is None else origin
+        count = math.floor((last - origin) / span + 1e-9) + 1
+        # Each edge once, so that a window ends where the next begins; a frame within rounding of an edge is past it.
+        edges = np.searchsorted(positions, origin + span * np.arange(count + 1) - 1e-6)
+        edges[0], edges[-1] = 0, len(positions)
+        return [(int(start), int(stop)) for start, stop in zip(edges[:-1], edges[1:], strict=True) if stop > start]
+    starts = list(range(int(first), max(int(last) - int(span) + 1, int(first)) + 1, stride))
+    if starts[-1] + span <= last:
+        starts.append(int(last - span + 1))  # the last window ends at the video's end
     bounds = []
     for start in starts:
         rows = np.searchsorted(positions, [start, start + span])

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from ..data.pictures import MAX_PIXELS
@@ -48,13 +49,11 @@ from .media import (
 from .results import FaceResult, frame_rows, table_schema
 from .smoothing import ExponentialSmoother
 from .table import TableWriter, check_output, check_table_path, clear_table_folder, read_table, shard_records
-from .temporal import TemporalTracks
+from .temporal import Batch, TemporalTracks
 from .tracking import FaceTracker
 
 
 logger = logging.getLogger(__name__)
-
-Batch = list[tuple[Frame, list[FaceResult]]]
 
 
 class FaceIdentities:
@@ -130,8 +129,6 @@ class AnalysisRun:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
         if temporal is not None and smoothing:
             raise ValueError("smoothing and a temporal model both model time: use one of them (smoothing 0)")
-        if temporal is not None and max_track_seconds <= 0:
-            raise ValueError(f"max_track_seconds must be positive, got {max_track_seconds}")
         if keep_frame_outputs and temporal is None:
             raise ValueError("keep_frame_outputs keeps the frame model's answers beside a temporal model's: give one")
         self.items = expand_inputs(inputs, exclude)
@@ -156,7 +153,8 @@ class AnalysisRun:
         if temporal is not None:
             self.temporal_source, model = load_temporal_model(temporal, self.analyzer, strict)
             self.temporal = TemporalTracks(model, max_track_seconds, max_gap, keep_frame_outputs, keep_images)
-            self.options["max_track_seconds"] = max_track_seconds
+            if not model.config.causal:  # where rows are held (cut tracks change no answer, but it is the run's)
+                self.options["max_track_seconds"] = max_track_seconds
         self.schema = table_schema(self.analyzer.config, self.analyzer.landmark_names, keep_frame_outputs)
         self.report = MediaReport()
         self.frames = self.faces = self.frames_without_face = 0
@@ -264,11 +262,13 @@ class AnalysisRun:
         }  # fmt: skip
 
     def _temporal_fingerprint(self) -> dict[str, Any]:
-        """The temporal model's name, weights and the settings of its config that change its answers."""
-        config = self.temporal.config
-        settings = [config.causal, config.window_frames, config.frames_per_second, list(config.au_thresholds)]
-        version = _version(self.temporal_source, self.temporal.model)
-        return {"temporal": self.temporal_source, "temporal_version": version, "temporal_settings": _digest(settings)}
+        """The temporal model: its name, its weights, and its config (what changes its answers with the same
+        weights: causal, window, frame rate, thresholds ...), less the frame model's name, which `model` covers."""
+        model = self.temporal.model
+        settings = {name: value for name, value in model.config.to_dict().items()
+                    if not name.startswith("_") and name not in ("transformers_version", "frame_model")}  # fmt: skip
+        return {"temporal": self.temporal_source, "temporal_version": _version(self.temporal_source, model),
+                "temporal_settings": _digest(settings)}  # fmt: skip
 
     @staticmethod
     def rows(batch: Batch) -> list[dict[str, Any]]:
@@ -305,7 +305,8 @@ def analyze(inputs: MediaInput | Sequence[MediaInput], model: str | os.PathLike 
     `overlap` (find the next batch's faces in a second thread while the model runs; None: on CUDA devices),
     `progress`; `temporal` (a `--recipe temporal` folder, Hub id or loaded model, over each tracked face's frames
     with `model` as its frame model: `inference.temporal`), `max_track_seconds` (60: a bidirectional temporal model
-    holds a face's rows up to this long, then cuts its track), `keep_frame_outputs` (the frame model's answers
+    holds a face's rows up to this long, to the next window boundary, then cuts its track: no answer changes),
+    `keep_frame_outputs` (the frame model's answers
     too, in `frame_` columns), `strict` (refuse a frame model whose weights are not the temporal model's). Files
     that cannot be read are skipped with a warning and listed in `table.attrs["skipped"]`; when nothing at all can
     be read, a `ValueError` names each input and why.
@@ -332,17 +333,20 @@ def model_version(analyzer: FaceAffectAnalyzer) -> str | None:
 def _version(source: str | None, model: Any) -> str | None:
     if source and is_local_path(source):
         return weights_sha256(source)
+    if source is None and isinstance(model, torch.nn.Module):  # a model made in memory: its weights themselves
+        return hashlib.sha256(safetensors_bytes(model.state_dict())).hexdigest()
     return getattr(model.config, "_commit_hash", None)
 
 
 def load_temporal_model(
     temporal: "str | os.PathLike | torch.nn.Module", analyzer: FaceAffectAnalyzer, strict: bool = False
 ) -> tuple[str | None, torch.nn.Module]:
-    """(its name, the model) of a temporal folder, Hub id or loaded model, on the analyzer's device in fp32,
+    """(its name, the model) of a temporal folder, Hub id or loaded model (moved), on the analyzer's device in fp32,
     checked against the analyzer's frame model (`models.check_frame_model`: refused by width or labels, by weights
     with `strict`)."""
     if isinstance(temporal, torch.nn.Module):
-        name, model = getattr(temporal, "name_or_path", None) or None, temporal.eval()
+        name = getattr(temporal, "name_or_path", None) or None
+        model = temporal.eval().to(analyzer.device, torch.float32)
     else:
         name, model = str(temporal), load_affect_model(temporal, device=analyzer.device, dtype="fp32")
     if model.config.model_type != TEMPORAL_MODEL_TYPE:

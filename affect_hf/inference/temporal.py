@@ -2,22 +2,26 @@
 video (`affect-hf predict --temporal`, `affect_hf.analyze(..., temporal=...)`).
 
 It reads what the frame model gave each face (`FaceResult.features` and `frame_scores`) and answers in the same
-columns. A causal model answers each frame as it comes, from the face's frames of the last window (the window it was
-trained on): the rows stream as before. A bidirectional model also reads the frames after a frame: each face's
-frames are held until its track ends (unseen for `max_gap` seconds, when the tracker gives its id up, or at the end
-of its video) or spans `max_track_seconds` (the track is then cut there: its next frames start a new stretch), and
-answered in windows side by side, as it was scored in training. Frames leave in their order once every face in them
-is answered, so the table is behind the video by up to `max_track_seconds` + `max_gap`; held frames drop their
-pictures unless the overlay needs them.
+columns. Frames are placed by their time at the frame rate the model was trained at (`frames_per_second` in its
+config), so that a window spans the same seconds in a 60 frames/s phone video as in a 25 frames/s one.
 
-Frames are placed by their time at the frame rate the model was trained at (`frames_per_second` in its config), so
-that a window spans the same seconds in a 60 frames/s phone video as in a 25 frames/s one. A face seen on fewer
-frames than a window, and every face of a still picture, is answered from the frames it has (a single frame: at
-frame level); that is said once per run. A face whose frame outputs are not finite keeps them, and no other frame
-reads it.
+- A causal model answers each frame as it comes, from the face's frames of the last window (the window it was
+  trained on): the rows stream as before.
+- A bidirectional model also reads the frames after a frame. Each face's frames are answered in windows side by
+  side from its first frame, as the model was scored in training, so a face's rows are held until its track ends
+  (unseen for `max_gap` seconds, when the tracker gives its id up, or at the end of its video). A track is cut
+  at the first window boundary past `max_track_seconds`: that bounds what is held, and changes no answer (the
+  windows after the cut are the ones an uncut track would have had). Frames leave in their order once every face
+  in them is answered, so the table is behind the video by up to `max_track_seconds` + one window + `max_gap`;
+  held frames drop their pictures, except the first video's when the overlay draws it.
+
+A face seen on fewer frames than a window, and every face of a still picture, is answered from the frames it has (a
+single frame: at frame level). A face without finite frame outputs keeps the frame model's answers, and no other
+frame reads it. Each of the two is said once per run.
 """
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +37,9 @@ from .results import FaceResult
 logger = logging.getLogger(__name__)
 
 Batch = list[tuple[Frame, list[FaceResult]]]
+# Positions are times x a frame rate, in float64: two frames closer than this are at the same place (a frame a
+# whole window back is out of the window, not in it by a rounding error).
+POSITION_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -58,13 +65,13 @@ class Sighting:
 
 @dataclass
 class Track:
-    """One face id's frames in the current video: those not answered yet (bidirectional: the current stretch) or
-    those of the last window (causal)."""
+    """One face id's frames in the current video: those not answered yet (bidirectional: the current stretch, whose
+    windows start at `origin`) or those of the last window (causal)."""
 
+    origin: float
     first_position: float
     last_position: float
     last_time: float
-    stretch_start: float  # the time the current stretch began (`max_track_seconds`)
     frames: int = 0
     sightings: list[Sighting] = field(default_factory=list)
 
@@ -81,6 +88,7 @@ class TemporalTracks:
     """`add(batch)` -> the frames that are ready, with their faces' temporal answers; `finish()` -> the rest.
 
     Batches come from `AnalysisRun` in frame order, with face ids from the tracker; frames leave in the same order.
+    `keep_images`: the first video's frames keep their pictures while held (the overlay draws that video).
     """
 
     def __init__(
@@ -96,15 +104,19 @@ class TemporalTracks:
             raise ValueError(f"max_track_seconds must be positive, got {max_track_seconds}")
         self.model, self.config = model, model.config
         self.window = float(self.config.window_frames or 1)
-        self.frames_per_second = self.config.frames_per_second
+        self.frames_per_second = float(self.config.frames_per_second)
         self.causal = bool(self.config.causal)
-        self.max_track_seconds, self.max_gap = max_track_seconds, max_gap
+        # A held stretch is whole windows: the first window boundary at or past `max_track_seconds`.
+        self.stretch_span = math.ceil(max_track_seconds * self.frames_per_second / self.window) * self.window
+        self.max_gap = max_gap
         self.keep_frame_outputs, self.keep_images, self.batch_size = keep_frame_outputs, keep_images, batch_size
         self.held: deque[HeldFrame] = deque()
         self.tracks: dict[int, Track] = {}
         self.video: tuple[int, str] | None = None  # (input, source) of the frames being read
+        self.drawn_video: tuple[int, str] | None = None  # the first video: the overlay's
         self.jobs: list[Job] = []
         self.short_tracks = 0  # faces answered from fewer frames than a window (still pictures' faces too)
+        self.unreadable_faces = 0  # faces left at frame level: no finite frame outputs
 
     def add(self, batch: Batch) -> Batch:
         for frame, faces in batch:
@@ -116,46 +128,70 @@ class TemporalTracks:
         """The end of the inputs: every held face is answered and every frame released."""
         self._end_video()
         self._answer()
-        return self._released()
+        released = self._released()
+        if self.held:
+            raise RuntimeError(f"{len(self.held)} frames were never answered by the temporal model")
+        return released
 
     def _take(self, frame: Frame, faces: list[FaceResult]) -> None:
         if frame.time is None or (frame.item, frame.source) != self.video:
             self._end_video()  # a new input: the last one's tracks end (they never continue into another)
             self.video = None if frame.time is None else (frame.item, frame.source)
+            if self.drawn_video is None:
+                self.drawn_video = self.video
         held = HeldFrame(frame, list(faces))
         self.held.append(held)
         if frame.time is None:  # a still picture: each face alone
             for slot, face in enumerate(faces):
-                if readable(face):
+                if self._readable(held, slot, frame.source):
                     held.waiting += 1
                     self.jobs.append(Job([Sighting(face.features, face.frame_scores, 0.0, held, slot)]))
                     self._note_short(face.face_id, frame.source, 1)
             return
-        position = frame.time * self.frames_per_second if self.frames_per_second else float(frame.index)
+        position = frame.time * self.frames_per_second
         lost = [face_id for face_id, track in self.tracks.items() if frame.time - track.last_time > self.max_gap]
         for face_id in lost:  # the tracker has given these ids up
             self._end_track(face_id)
         for slot, face in enumerate(faces):
-            if not readable(face):
-                if self.keep_frame_outputs:
-                    held.faces[slot] = replace(face, frame_level=face)
+            if not self._readable(held, slot, frame.source):
                 continue
             track = self.tracks.get(face.face_id)
+            if track is not None and position < track.last_position - POSITION_TOLERANCE:
+                self._end_track(face.face_id)  # time went back (a damaged file): the track cannot go on in order
+                track = None
             if track is None:
-                track = self.tracks[face.face_id] = Track(position, position, frame.time, frame.time)
-            elif not self.causal and frame.time - track.stretch_start >= self.max_track_seconds:
+                track = self.tracks[face.face_id] = Track(position, position, position, frame.time)
+            elif not self.causal and position - track.origin >= self.stretch_span - POSITION_TOLERANCE:
                 self._answer_stretch(track)
-            if not track.sightings:
-                track.stretch_start = frame.time
+                windows = math.floor((position - track.origin) / self.window + POSITION_TOLERANCE)
+                track.origin += windows * self.window  # the next stretch's windows continue the same grid
             track.last_position, track.last_time = position, frame.time
             track.frames += 1
             track.sightings.append(Sighting(face.features, face.frame_scores, position, held, slot))
             held.waiting += 1
-            if self.causal:  # the face's frames within one window up to this one, this one answered
-                track.sightings = [seen for seen in track.sightings if seen.position > position - self.window]
+            if self.causal:  # the face's frames less than one window back, this one answered
+                track.sightings = [seen for seen in track.sightings
+                                   if position - seen.position < self.window - POSITION_TOLERANCE]  # fmt: skip
                 self.jobs.append(Job(list(track.sightings), len(track.sightings) - 1))
-        if held.waiting and not self.causal and not self.keep_images:
-            held.frame = replace(frame, image=frame.image[:, :0, :0])  # held for a while: its pixels are not needed
+        if not self.causal and not (self.keep_images and self.video == self.drawn_video):
+            held.frame = replace(frame, image=frame.image.new_empty((3, 0, 0)))  # may be held: let its pixels go
+
+    def _readable(self, held: HeldFrame, slot: int, source: str) -> bool:
+        """Whether the model can read a face (the frame model's feature and scores, finite); if not, the face keeps
+        the frame model's answers (said once per run)."""
+        face = held.faces[slot]
+        if face.features is not None and face.frame_scores is not None:
+            if bool(torch.isfinite(face.features).all()) and bool(torch.isfinite(face.frame_scores).all()):
+                return True
+        if not self.unreadable_faces:
+            logger.warning(
+                "face %s of %s has no finite frame outputs for the temporal model to read: such faces keep the frame "
+                "model's answers (said once per run)", face.face_id, source,
+            )  # fmt: skip
+        self.unreadable_faces += 1
+        if self.keep_frame_outputs:
+            held.faces[slot] = replace(face, frame_level=face)
+        return False
 
     def _end_video(self) -> None:
         for face_id in list(self.tracks):
@@ -165,15 +201,15 @@ class TemporalTracks:
         track = self.tracks.pop(face_id)
         if not self.causal:
             self._answer_stretch(track)
-        if track.last_position - track.first_position + 1 < self.window:
+        if track.last_position - track.first_position + 1 < self.window - POSITION_TOLERANCE:
             self._note_short(face_id, self.video[1], track.frames)
 
     def _answer_stretch(self, track: Track) -> None:
         """A bidirectional model's stretch of a track, queued in windows side by side (every frame once)."""
         positions = [sighting.position for sighting in track.sightings]
         if positions:
-            self.jobs += [Job(track.sightings[start:stop])
-                          for start, stop in window_rows(positions, self.window, each_frame_once=True)]  # fmt: skip
+            bounds = window_rows(positions, self.window, each_frame_once=True, origin=track.origin)
+            self.jobs += [Job(track.sightings[start:stop]) for start, stop in bounds]
         track.sightings = []
 
     def _note_short(self, face_id: int | None, source: str, frames: int) -> None:
@@ -216,13 +252,15 @@ class TemporalTracks:
             index = 0
             for job in jobs:
                 for sighting in job.sightings[job.first :]:
+                    if sighting.held is None:  # windows partition a track: never the case, and never silently
+                        raise RuntimeError("a frame was answered twice by the temporal model")
                     held, face = sighting.held, sighting.held.faces[sighting.slot]
                     held.faces[sighting.slot] = replace(
                         face, **describe(answers, index, self.config),
                         frame_level=face if self.keep_frame_outputs else None,
                     )  # fmt: skip
                     held.waiting -= 1
-                    sighting.held = None  # answered: a causal history keeps what the model reads, not the frame
+                    sighting.held = None  # answered (once): a causal history keeps what the model reads, not the frame
                     index += 1
         self.jobs = []
 
@@ -234,12 +272,4 @@ class TemporalTracks:
         return released
 
 
-def readable(face: FaceResult) -> bool:
-    """Whether the temporal model can read a face: it has the frame model's feature and scores, all finite."""
-    return (
-        face.features is not None and face.frame_scores is not None
-        and bool(torch.isfinite(face.features).all()) and bool(torch.isfinite(face.frame_scores).all())
-    )  # fmt: skip
-
-
-__all__ = ["TemporalTracks"]
+__all__ = ["Batch", "TemporalTracks"]
