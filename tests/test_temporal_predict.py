@@ -111,6 +111,12 @@ def side_by_side(track: list, frames: int) -> list[list[int]]:
     return list(groups.values())
 
 
+def frame_config_of(folder: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
 def face_rows(table, face_id: int):
     return table[table["face_id"] == face_id].sort_values("frame")
 
@@ -270,6 +276,12 @@ def test_a_temporal_table_resumes_only_as_the_run_that_wrote_it(folders, tmp_pat
     assert len(read_table(output)) == 2 * NUM_FRAMES
     progress = json.loads((output / ".progress.json").read_text())
     assert progress["fingerprint"]["max_track_seconds"] == 60.0
+    # A model made in memory is named by its weights.
+    in_memory = tmp_path / "m.csv"
+    predict([video], emma, in_memory, temporal=visible_temporal(frame_config_of(emma)), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"\(temporal_version changed\)"):
+        predict([video], emma, in_memory, temporal=visible_temporal(frame_config_of(emma), seed=1), device="cpu",
+                progress=False, resume=True)  # fmt: skip
 
 
 def test_the_app_answers_videos_through_the_temporal_model(folders, tmp_path):

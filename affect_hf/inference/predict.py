@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from ..data.pictures import MAX_PIXELS
@@ -267,8 +266,8 @@ class AnalysisRun:
         model = self.temporal.model
         settings = {name: value for name, value in model.config.to_dict().items()
                     if not name.startswith("_") and name not in ("transformers_version", "frame_model")}  # fmt: skip
-        return {"temporal": self.temporal_source, "temporal_version": _version(self.temporal_source, model),
-                "temporal_settings": _digest(settings)}  # fmt: skip
+        version = _weights_digest(model) if self.temporal_source is None else _version(self.temporal_source, model)
+        return {"temporal": self.temporal_source, "temporal_version": version, "temporal_settings": _digest(settings)}
 
     @staticmethod
     def rows(batch: Batch) -> list[dict[str, Any]]:
@@ -333,9 +332,16 @@ def model_version(analyzer: FaceAffectAnalyzer) -> str | None:
 def _version(source: str | None, model: Any) -> str | None:
     if source and is_local_path(source):
         return weights_sha256(source)
-    if source is None and isinstance(model, torch.nn.Module):  # a model made in memory: its weights themselves
-        return hashlib.sha256(safetensors_bytes(model.state_dict())).hexdigest()
     return getattr(model.config, "_commit_hash", None)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """The sha256 of a model's tensors, by name: what names a temporal model made in memory."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_temporal_model(
