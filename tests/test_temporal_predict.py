@@ -318,37 +318,40 @@ def phone_stream(frames: range, rate: float, generator: torch.Generator, times: 
     return stream
 
 
-def test_any_frame_rate_a_long_track_a_broken_frame_and_time_going_back_lose_no_row():
+def test_any_frame_rate_a_long_track_gaps_a_broken_frame_and_time_going_back_lose_no_row():
     """A 60 frames/s phone video under a model trained at 25 frames/s (windows of 32 frame numbers: 76.8 of its
     frames), 70 s of one face: every frame comes back once and in order, each answer is the model over exactly
-    its window (the cut at `max_track_seconds` is invisible), a frame with NaN outputs keeps the frame model's
-    answer and is read by no other, and where time goes back the track starts again."""
+    its window (the cut at `max_track_seconds` is invisible). A 0.5 s gap stays inside the track, a 3 s one (past
+    `max_gap`) starts a new one, as does time going back; a frame with NaN outputs keeps the frame model's answer
+    and is read by no other."""
     from affect_hf.inference.temporal import TemporalTracks
 
     frame_config = tiny_emma_with_visible_heads().config
     model = visible_temporal(frame_config, window_frames=32, frames_per_second=25.0)
     start, count, rate = 79, 60 * 70, 60.0  # a face first seen at frame 79: windows do not start at 0
+    short_gap, long_gap = range(start + 500, start + 530), range(start + 2000, start + 2180)
     back = start + 3000  # this frame's time is 10 frames earlier than the frame before it
     stream = phone_stream(range(start, start + count), rate, torch.Generator().manual_seed(0),
                           times={back: (back - 10) / rate})  # fmt: skip
-    broken = start + 1000
-    stream[broken - start][1][0] = replace(stream[broken - start][1][0], features=torch.full((32,), float("nan")))
+    stream = [(frame, faces) for frame, faces in stream if frame.index not in short_gap and frame.index not in long_gap]
+    broken = next(position for position, (frame, _) in enumerate(stream) if frame.index == start + 1000)
+    stream[broken][1][0] = replace(stream[broken][1][0], features=torch.full((32,), float("nan")))
     tracks = TemporalTracks(model, max_track_seconds=20.0, max_gap=2.0)
     released, lags = [], []
-    for first in range(0, count, 16):
+    for first in range(0, len(stream), 16):
         released += tracks.add(stream[first : first + 16])
-        lags.append(min(first + 16, count) - len(released))
+        lags.append(min(first + 16, len(stream)) - len(released))
     released += tracks.finish()
     assert [frame.index for frame, _ in released] == [frame.index for frame, _ in stream]
     assert max(lags) <= math.ceil(20.0 * 25 / 32) * 32 / 25 * rate + 16  # a stretch (whole windows) + a batch
-    assert tracks.unreadable_faces == 1 and released[broken - start][1][0].valence == 0.5  # kept at frame level
+    assert tracks.unreadable_faces == 1 and released[broken][1][0].valence == 0.5  # kept at frame level
 
     def reference(part: list) -> list[float]:
         """The documented windows, computed apart: from the part's first frame, 32 frame numbers each."""
         origin = part[0][0].time * 25
         groups: dict[int, list] = {}
         for frame, [face] in part:
-            if frame.index != broken:
+            if frame.index != start + 1000:
                 groups.setdefault(math.floor((frame.time * 25 - origin) / 32 + 1e-6), []).append((frame, face))
         values = []
         for group in groups.values():
@@ -356,10 +359,18 @@ def test_any_frame_rate_a_long_track_a_broken_frame_and_time_going_back_lose_no_
                 "valence"])  # fmt: skip
         return values
 
-    answered = [faces[0].valence for frame, faces in released if frame.index != broken]
-    expected = reference(stream[: back - start]) + reference(stream[back - start :])
-    np.testing.assert_allclose(answered, expected, atol=2e-5)
+    answered = [faces[0].valence for frame, faces in released if frame.index != start + 1000]
+    parts = [[entry for entry in stream if low <= entry[0].index < high]
+             for low, high in ((0, long_gap.stop), (long_gap.stop, back), (back, start + count))]  # fmt: skip
+    np.testing.assert_allclose(answered, [value for part in parts for value in reference(part)], atol=2e-5)
     # Causal, the same stream: every frame answered as it comes, from its track's frames less than a window back.
     causal = TemporalTracks(visible_temporal(frame_config, causal=True, window_frames=32, frames_per_second=25.0))
     first_batch = stream[:100]
-    assert [frame.index for frame, _ in causal.add(first_batch)] == [frame.index for frame, _ in first_batch]
+    answered = causal.add(first_batch)
+    assert [frame.index for frame, _ in answered] == [frame.index for frame, _ in first_batch]
+    for position in (0, 50, 99):
+        now = first_batch[position][0].time * 25
+        context = [(frame, faces[0]) for frame, faces in first_batch[: position + 1] if now - frame.time * 25 < 32]
+        assert len(context) == min(position + 1, 77)  # 76.8 of the video's frames per window
+        expected = model_answers(causal.model, [face for _, face in context], [frame.time for frame, _ in context])
+        assert answered[position][1][0].valence == pytest.approx(expected["valence"][-1], abs=2e-5)
