@@ -436,11 +436,13 @@ def benchmark_temporal_track(model, args) -> dict:
         del frame_model
         training = TrainingArguments(recipe="temporal", output_dir=str(output), num_train_epochs=1,
                                      mixed_precision="no", num_workers=0, report_to="none", seed=0)  # fmt: skip
+        cached = {path: path.stat().st_mtime_ns for path in (output / FRAME_FEATURES_DIR).glob("*.arrow")}
         tick = time.perf_counter()
         state = train(training, TemporalArguments(data_dir=str(root), frame_model=str(frame_dir), task="va"))
         epoch = time.perf_counter() - tick
-        # The recipe found the two extractions (train, validation) in its cache rather than making its own.
-        read_back = len(list((output / FRAME_FEATURES_DIR).glob("frame_features-*.arrow"))) == 2
+        # The recipe read the two extractions (train, validation) back, untouched, rather than making its own.
+        after = {path: path.stat().st_mtime_ns for path in (output / FRAME_FEATURES_DIR).glob("*.arrow")}
+        read_back = len(cached) == 2 and after == cached
     extracted = sum(count for count, _ in extraction.values())
     return {
         "train_frames": extraction["train"][0], "validation_frames": extraction["validation"][0],

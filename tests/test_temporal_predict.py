@@ -374,3 +374,33 @@ def test_any_frame_rate_a_long_track_gaps_a_broken_frame_and_time_going_back_los
         assert len(context) == min(position + 1, 77)  # 76.8 of the video's frames per window
         expected = model_answers(causal.model, [face for _, face in context], [frame.time for frame, _ in context])
         assert answered[position][1][0].valence == pytest.approx(expected["valence"][-1], abs=2e-5)
+
+
+def test_two_people_crossing_one_hidden_for_a_second_each_read_alone(folders, tmp_path):
+    """Real faces (the astronaut and the cameraman) crossing, the cameraman hidden for 1 s: each face id's answers
+    are the model over that id's own frames, windows of 1.6 s from its first frame, the hidden second a gap in its
+    window (its frames placed by their times, the missing ones never filled)."""
+    from affect_hf.data.scenes import write_crossing_video
+
+    path, _ = write_crossing_video(tmp_path / "crossing.mp4")  # 20 frames/s, 5 s, hidden from 3.6 s to 4.6 s
+    frame_config = frame_config_of(folders["emma"])
+    model = visible_temporal(frame_config, window_frames=32, frames_per_second=20.0)
+    tracks: dict[int, list] = {}
+    for batch in AnalysisRun(path, folders["emma"], device="cpu"):
+        for frame, faces in batch:
+            for face in faces:
+                tracks.setdefault(face.face_id, []).append((frame.index, frame.time, face))
+    table = affect_hf.analyze(path, folders["emma"], temporal=model, device="cpu", keep_frame_outputs=True)
+    gapped = 0
+    for face_id, track in tracks.items():
+        rows = face_rows(table, face_id)
+        assert rows["frame"].tolist() == [index for index, _, _ in track]
+        windows = [[position for position, (_, time, _) in enumerate(track)
+                    if math.floor((time - track[0][1]) * 20 / 32 + 1e-6) == window]
+                   for window in range(math.floor((track[-1][1] - track[0][1]) * 20 / 32 + 1e-6) + 1)]  # fmt: skip
+        windows = [window for window in windows if window]
+        gapped += any(np.diff([track[i][0] for i in window]).max(initial=1) > 1 for window in windows)
+        expected = expected_rows(model, track, windows)
+        np.testing.assert_allclose(rows["valence"], expected["valence"], atol=2e-5)
+        np.testing.assert_allclose(rows["frame_valence"], [face.valence for _, _, face in track], atol=1e-5)
+    assert gapped  # some window really held the hidden second as a gap

@@ -88,7 +88,8 @@ class TemporalRecipe(Recipe):
     name = "temporal"
     description = "a temporal model over a frozen EMMA's per-frame outputs (ABAW MTL or an Aff-Wild2 track)"
     arguments_class = TemporalArguments
-    run_files = (FRAME_FEATURES_DIR,)
+    # The frame features are not run files: named by their split, weights and size, they stay valid, and a new run
+    # into the same folder (--overwrite_output_dir, other options) reads them back instead of extracting again.
     card_template = TEMPORAL_TEMPLATE
     card_tags = ("affect", "valence-arousal", "facial-expression", "action-units", "abaw", "temporal", "custom_code")
     card_pipeline_tag = None
