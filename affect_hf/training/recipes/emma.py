@@ -71,13 +71,20 @@ def au_pos_weight_from_labels(action_units: np.ndarray) -> list[float]:
     return [float(weight) for weight in weights]
 
 
+def task_card_dataset(task: str) -> tuple[str, str]:
+    """The dataset a card names for a task (its name, its id): the ABAW4 MTL set or an Aff-Wild2 uni-task track."""
+    if task == "mtl":
+        return ("ABAW4 MTL (s-Aff-Wild2) format", "abaw-mtl")
+    return (f"Aff-Wild2 {task.upper()} track (ABAW)", f"aff-wild2-{task}")
+
+
 class EmmaRecipe(ViTFineTuningRecipe):
     name = "emma"
     description = "EMMA multi-task affect (valence/arousal, 8 expressions, 12 AUs) on ABAW4 MTL data"
     arguments_class = EmmaArguments
     selection_score = "P_MTL"
     card_template = EMMA_TEMPLATE
-    card_dataset = ("ABAW4 MTL (s-Aff-Wild2) format", "abaw-mtl")
+    card_dataset = task_card_dataset("mtl")
     card_tags = ("affect", "facial-expression", "action-units", "valence-arousal", "abaw", "vit-mae", "custom_code")
 
     @classmethod
@@ -128,8 +135,7 @@ class EmmaRecipe(ViTFineTuningRecipe):
         super().__init__(training_args, recipe_args)
         task = recipe_args.task
         self.selection_score = TRACK_SELECTION[task]
-        if task != "mtl":
-            self.card_dataset = (f"Aff-Wild2 {task.upper()} track (ABAW)", f"aff-wild2-{task}")
+        self.card_dataset = task_card_dataset(task)
 
     def load_split(self, split: str):
         """An ABAW MTL split, or a uni-task track's (`--task va|expr|au`): the same columns either way."""

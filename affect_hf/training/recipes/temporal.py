@@ -30,7 +30,7 @@ from ...modeling import TemporalAffectConfig, TemporalAffectModel
 from ...models import load_affect_model, weights_sha256
 from .base import Evaluation, Recipe, RecipeData
 from .checks import check_model_folder, limit_rows
-from .emma import EMMA_TASKS
+from .emma import EMMA_TASKS, task_card_dataset
 
 
 # The folder of the run's cached frame features (one Arrow file per split and frame model).
@@ -97,11 +97,7 @@ class TemporalRecipe(Recipe):
     def __init__(self, training_args, recipe_args: TemporalArguments):
         super().__init__(training_args, recipe_args)
         self.selection_score = TRACK_SELECTION[recipe_args.task]
-        task = recipe_args.task
-        self.card_dataset = (
-            ("ABAW4 MTL (s-Aff-Wild2) format", "abaw-mtl") if task == "mtl"
-            else (f"Aff-Wild2 {task.upper()} track (ABAW)", f"aff-wild2-{task}")
-        )  # fmt: skip
+        self.card_dataset = task_card_dataset(recipe_args.task)
 
     @classmethod
     def loop_defaults(cls, recipe_args) -> dict[str, Any]:
